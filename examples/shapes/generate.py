@@ -99,7 +99,7 @@ BACKGROUNDS = (_gradient, _stripes, _checker, _blobs, _flat)
 def make_background(rng: np.random.Generator) -> np.ndarray:
     """Return a float32 HxWx3 texture in [0, 255] with pixel noise on top."""
     texture = BACKGROUNDS[int(rng.integers(len(BACKGROUNDS)))](rng)
-    noise = rng.normal(0.0, rng.uniform(2.0, 20.0), size=texture.shape)
+    noise = rng.normal(0.0, rng.uniform(2.0, 16.0), size=texture.shape)
     return np.clip(texture + noise, 0, 255).astype(np.float32)
 
 
@@ -113,16 +113,23 @@ def _polygon(centre: tuple[float, float], radius: float, sides: int, angle: floa
     ]
 
 
-def _shape_outline(rng: np.random.Generator, category: str, size: float,
-                   centre: tuple[float, float]) -> list[tuple[float, float]] | None:
-    """Vertices of a polygonal shape whose bounding box is ~size; None for circles."""
+def _shape_outline(rng: np.random.Generator, category: str, size: float) -> list[tuple[float, float]]:
+    """Vertices around the origin, scaled so the longer bounding-box side equals size.
+
+    Circles are returned as a 4-point stand-in (their bounding square) and drawn as
+    ellipses; polygons get a random rotation, then are rescaled so the annotated box
+    size stays within [MIN_SIZE, MAX_SIZE] whatever the rotation.
+    """
     if category == "circle":
-        return None
-    if category == "square":
+        points = _polygon((0.0, 0.0), 1.0, 4, math.pi / 4)
+    elif category == "square":
         # Small rotations only, so squares do not turn into diamonds.
-        angle = math.pi / 4 + rng.uniform(-0.35, 0.35)
-        return _polygon(centre, size / math.sqrt(2), 4, angle)
-    return _polygon(centre, size / math.sqrt(3) * 1.1, 3, rng.uniform(0, 2 * math.pi))
+        points = _polygon((0.0, 0.0), 1.0, 4, math.pi / 4 + rng.uniform(-0.35, 0.35))
+    else:
+        points = _polygon((0.0, 0.0), 1.0, 3, rng.uniform(0, 2 * math.pi))
+    _, _, w, h = _bbox(points)
+    scale = size / max(w, h)
+    return [(x * scale, y * scale) for x, y in points]
 
 
 def _bbox(points: list[tuple[float, float]]) -> tuple[float, float, float, float]:
@@ -130,11 +137,11 @@ def _bbox(points: list[tuple[float, float]]) -> tuple[float, float, float, float
     return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
 
 
-def _iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """Intersection over the smaller box: catches a small shape hidden under a big one."""
     ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / (a[2] * a[3] + b[2] * b[3] - inter)
+    return ix * iy / min(a[2] * a[3], b[2] * b[3])
 
 
 def _contrasting_colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
@@ -159,23 +166,23 @@ def make_sample(seed: int, split: str, index: int) -> Sample:
     for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
         for _attempt in range(30):
             category = int(rng.integers(len(CLASSES)))
-            size = float(rng.uniform(MIN_SIZE, MAX_SIZE))
-            half = size / 2 + 1
-            centre = (float(rng.uniform(half, IMAGE_SIZE - half)),
-                      float(rng.uniform(half, IMAGE_SIZE - half)))
-            outline = _shape_outline(rng, CLASSES[category], size, centre)
-            box = _bbox(outline) if outline else (centre[0] - size / 2, centre[1] - size / 2, size, size)
-            cell = (int((box[1] + box[3] / 2) // GRID_STRIDE), int((box[0] + box[2] / 2) // GRID_STRIDE))
-            # One object per grid cell (the detector's assignment rule) and little overlap.
-            if cell in used_cells or any(_iou(box, other) > 0.15 for other in boxes):
+            outline = _shape_outline(rng, CLASSES[category], float(rng.uniform(MIN_SIZE, MAX_SIZE)))
+            x0, y0, w, h = _bbox(outline)
+            # Place the box fully inside the image.
+            dx = float(rng.uniform(-x0, IMAGE_SIZE - 1 - (x0 + w)))
+            dy = float(rng.uniform(-y0, IMAGE_SIZE - 1 - (y0 + h)))
+            outline = [(x + dx, y + dy) for x, y in outline]
+            box = (x0 + dx, y0 + dy, w, h)
+            cell = (int((box[1] + h / 2) // GRID_STRIDE), int((box[0] + w / 2) // GRID_STRIDE))
+            # One object per grid cell (the detector's assignment rule) and little occlusion.
+            if cell in used_cells or any(_overlap(box, other) > 0.25 for other in boxes):
                 continue
-            x0, y0, w, h = box
-            region = background[int(y0):int(y0 + h) + 1, int(x0):int(x0 + w) + 1]
+            region = background[int(box[1]):int(box[1] + h) + 1, int(box[0]):int(box[0] + w) + 1]
             colour = _contrasting_colour(rng, region)
-            if outline:
-                draw.polygon(outline, fill=colour)
+            if CLASSES[category] == "circle":
+                draw.ellipse((box[0], box[1], box[0] + w, box[1] + h), fill=colour)
             else:
-                draw.ellipse((x0, y0, x0 + w, y0 + h), fill=colour)
+                draw.polygon(outline, fill=colour)
             used_cells.add(cell)
             boxes.append(tuple(round(v, 2) for v in box))  # type: ignore[arg-type]
             category_ids.append(category + 1)

@@ -1,0 +1,117 @@
+"""Compile a recipe into the step graph, one chain per target.
+
+This is where the device guidance becomes structure: which convert variant a format
+needs, what quantize consumes, and what validate compares against. It only builds
+data; nothing here imports a toolchain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from edgebuild.errors import Problem, RecipeError
+from edgebuild.graph import Graph, Node
+from edgebuild.recipe.model import Recipe, Target
+
+
+def compile_recipe(recipe: Recipe) -> Graph:
+    graph = Graph()
+    for target in recipe.targets.values():
+        _add_target(graph, recipe, target)
+    return graph
+
+
+def _add_target(graph: Graph, recipe: Recipe, target: Target) -> None:
+    name = target.name
+    device = {**target.device.profile(), "format": target.format, "runtime": target.runtime}
+    source = {"model": recipe.source.path}
+
+    float_id = graph.add(_convert_node(recipe, target), name)
+    artifact = (float_id, "model")
+
+    quantize = target.steps.get("quantize")
+    if quantize is not None:
+        params = {**quantize.to_dict(), "source_format": recipe.source.format}
+        files = dict(source)
+        if target.format == "tflite":
+            # The TFLite converter quantizes while converting, so it starts again from
+            # the source model (later: from the pruned/clustered Keras model).
+            if quantize.mode in ("int8", "int16x8"):
+                params["calibration"] = _data_params(recipe, recipe.calibration)
+                files["calibration"] = recipe.calibration.path
+            node = Node("quantize.tflite", params, files=files)
+        else:
+            node = Node("quantize.onnx", params, deps={"model": artifact})
+        artifact = (graph.add(node, name), "model")
+
+    compiled = None
+    compile_ = target.steps.get("compile")
+    if compile_ is not None:
+        node = Node(f"compile.{compile_.compiler}", compile_.to_dict(),
+                    deps={"model": artifact}, device=device)
+        compiled = (graph.add(node, name), "build")
+
+    verdict = None
+    if "validate" in target.steps:
+        verdict = (_add_validation(graph, recipe, target, artifact, float_id), "verdict")
+
+    deps = {"model": artifact}
+    if compiled:
+        deps["build"] = compiled
+    if verdict:
+        deps["verdict"] = verdict
+    files = {"labels": recipe.labels} if recipe.labels else {}
+    bundle = Node("bundle", {"recipe": recipe.name, "task": recipe.task, "target": name,
+                             "precision": _precision(target)},
+                  deps=deps, files=files, device=device,
+                  chain=tuple(graph.target_chains[name]))
+    graph.add(bundle, name)
+
+
+def _convert_node(recipe: Recipe, target: Target) -> Node:
+    params = {**target.steps["convert"].to_dict(), "source_format": recipe.source.format}
+    files = {"model": recipe.source.path}
+    if target.format == "tflite":
+        if recipe.source.format == "onnx":
+            raise RecipeError([Problem(str(recipe.path), None, None, f"targets.{target.name}",
+                                       "an ONNX source cannot become a TFLite artifact; "
+                                       "choose a device with format onnx")])
+        params.pop("opset")
+        return Node("convert.tflite", params, files=files)
+    if recipe.source.format == "onnx":
+        params.pop("opset")  # the model keeps its own opset
+        return Node("convert.onnx-check", params, files=files)
+    return Node("convert.onnx", params, files=files)
+
+
+def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[str, str],
+                    float_id: str) -> str:
+    data = _data_params(recipe, recipe.validation)
+    files = {"model": recipe.source.path, "data": recipe.validation.path}
+    if recipe.validation.annotations:
+        files["annotations"] = recipe.validation.annotations
+    # The source model's outputs on the validation set, computed once for all targets.
+    variant = "onnx" if recipe.source.format == "onnx" else "tf"
+    baseline = Node(f"baseline.{variant}", {"data": data, "task": recipe.task,
+                                            "source_format": recipe.source.format}, files=files)
+    baseline_id = graph.add(baseline, target.name)
+    params = {**target.steps["validate"].to_dict(), "data": data, "task": recipe.task,
+              "budget": target.budget.to_dict()}
+    deps = {"model": artifact, "reference": (baseline_id, "outputs")}
+    if artifact[0] != float_id:
+        deps["float"] = (float_id, "model")
+    node = Node(f"validate.{target.format}", params, deps=deps,
+                files={k: v for k, v in files.items() if k != "model"})
+    return graph.add(node, target.name)
+
+
+def _data_params(recipe: Recipe, dataset) -> dict:
+    return {"preprocess": asdict(recipe.preprocess), "count": dataset.count}
+
+
+def _precision(target: Target) -> str:
+    compile_ = target.steps.get("compile")
+    if compile_ is not None and compile_.compiler == "tensorrt":
+        return compile_.precision
+    quantize = target.steps.get("quantize")
+    return quantize.precision if quantize is not None else "float32"

@@ -1,0 +1,227 @@
+"""The `edgebuild` command: argument parsing and printing, nothing else.
+
+Heavy modules (toolchains, doit, jsonschema) are imported by the operations that
+need them, so `--help`, `plan` and no-op builds start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from edgebuild import __version__
+from edgebuild.errors import EdgebuildError
+
+EXAMPLES = """\
+examples:
+  edgebuild all recipes/detector.yaml          build every target's bundle
+  edgebuild build recipes/detector.yaml --target rpi4
+  edgebuild plan recipes/detector.yaml         what is cached, what would run, and why
+  edgebuild explain recipes/detector.yaml rpi4:quantize
+  edgebuild graph recipes/detector.yaml --format dot | dot -Tsvg > graph.svg
+  edgebuild gc --dry-run
+
+exit status: 0 success, 1 build or validation failure, 2 usage or recipe error
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--cache-dir", metavar="DIR",
+                        help="artifact cache (default: $EDGEBUILD_CACHE or ./cache)")
+    common.add_argument("--dist", metavar="DIR", help="where bundles go (default: ./dist)")
+    common.add_argument("--json", action="store_true",
+                        help="print one JSON document on stdout instead of text")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    parser = argparse.ArgumentParser(
+        prog="edgebuild", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Declarative, cached builds of vision-model artifacts for edge devices.",
+        epilog=EXAMPLES)
+    parser.add_argument("--version", action="version", version=f"edgebuild {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    jobs = argparse.ArgumentParser(add_help=False)
+    jobs.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
+                      help="run up to N independent steps at once (default: 1)")
+
+    p = sub.add_parser("all", parents=[common, jobs], help="build every target of the recipes")
+    p.add_argument("recipes", nargs="+", metavar="RECIPE")
+    p = sub.add_parser("build", parents=[common, jobs], help="build chosen targets")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--target", action="append", required=True, metavar="NAME",
+                   help="target to build (repeatable)")
+    p = sub.add_parser("plan", parents=[common], help="show each step: cached or to run, and why")
+    p.add_argument("recipe", metavar="RECIPE")
+    p = sub.add_parser("explain", parents=[common],
+                       help="diff a step's key against its last build")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("step", metavar="TARGET:KIND", help="e.g. rpi4:quantize")
+    p = sub.add_parser("graph", parents=[common], help="print the step graph")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
+    p = sub.add_parser("devices", parents=[common], help="list the device catalog")
+    p = sub.add_parser("clean", parents=[common], help="remove bundles (and the cache)")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE")
+    p.add_argument("--cache", action="store_true", help="also delete the whole cache")
+    p = sub.add_parser("gc", parents=[common],
+                       help="drop cache entries that no lock file references")
+    p.add_argument("recipes", nargs="*", metavar="RECIPE",
+                   help="also keep what these recipes' lock files reference")
+    p.add_argument("--dry-run", action="store_true", help="only say what would go")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except EdgebuildError as exc:
+        print(f"edgebuild: {exc}" if "\n" not in str(exc) else str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("edgebuild: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `edgebuild plan ... | head`
+        sys.stderr.close()
+        return 0
+
+
+def _settings(args):
+    from edgebuild.api import Settings
+
+    return Settings.from_env(args.cache_dir, args.dist, getattr(args, "jobs", 1))
+
+
+def _console(args):
+    from edgebuild.console import Console
+
+    return Console(quiet=args.quiet or args.json)
+
+
+def cmd_build(args) -> int:
+    from edgebuild import api
+
+    settings, console = _settings(args), _console(args)
+    recipes = args.recipes if args.command == "all" else [args.recipe]
+    targets = None if args.command == "all" else args.target
+    projects = [api.open_project(r, settings, targets) for r in recipes]  # validate all first
+    reports = [api.build(p, settings, console) for p in projects]
+    if args.json:
+        docs = [r.to_dict() for r in reports]
+        print(json.dumps(docs[0] if len(docs) == 1 else {"recipes": docs}, indent=2))
+    else:
+        for report in reports:
+            _print_summary(report)
+    return 1 if any(r.failed for r in reports) else 0
+
+
+def _print_summary(report) -> None:
+    counts = report.counts()
+    extra = "".join(f", {counts[k]} {k}" for k in ("deferred", "skipped") if counts[k])
+    for name, target in report.targets.items():
+        where = target["bundle"] or "no bundle: " + ", ".join(target.get("failed_steps", []))
+        print(f"  {name:<16} {target['status']:<9} {where}")
+    print(f"{report.recipe}: {counts['total']} steps: {counts['cached']} cached, "
+          f"{counts['executed']} executed, {counts['failed']} failed{extra} "
+          f"({report.seconds:.1f}s)")
+
+
+def cmd_plan(args) -> int:
+    from edgebuild import api
+
+    project = api.open_project(args.recipe, _settings(args))
+    states = api.plan(project)
+    if args.json:
+        print(json.dumps({"recipe": project.recipe.name, "step_list": [
+            {"key": s.key, "kind": s.node.kind, "label": s.node.label,
+             "targets": s.node.targets, "status": "cached" if s.cached else "run",
+             "reasons": [r.to_dict() for r in s.reasons]} for s in states]}, indent=2))
+        return 0
+    to_run = sum(not s.cached for s in states)
+    print(f"{project.recipe.name}: {len(states)} steps, {len(states) - to_run} cached, "
+          f"{to_run} to run")
+    for s in states:
+        status = "cached" if s.cached else "run"
+        key = (s.key or "?" * 12)[:12]
+        print(f"  {status:<6} {key}  {s.node.label:<36} {', '.join(s.node.targets)}")
+        for reason in s.reasons:
+            print(f"           why: {reason.message}")
+    return 0
+
+
+def cmd_explain(args) -> int:
+    from edgebuild import api
+
+    project = api.open_project(args.recipe, _settings(args))
+    state, previous, reasons = api.explain(project, args.step)
+    if args.json:
+        print(json.dumps({"step": args.step, "key": state.key,
+                          "previous_key": previous and previous["key"],
+                          "cached": state.cached, "changes": [r.to_dict() for r in reasons]},
+                         indent=2))
+        return 0
+    print(f"{args.step}: {state.node.label}")
+    print(f"  key now:        {state.key or '(unknown until upstream steps run)'}")
+    print(f"  last build:     {previous['key'] if previous else '(none recorded in the lock)'}")
+    print(f"  cache:          {'hit' if state.cached else 'miss'}")
+    if not reasons:
+        print("  no differences")
+    for reason in reasons:
+        print(f"  {reason.message}")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from edgebuild import api
+    from edgebuild.graph import to_dot, to_mermaid
+
+    project = api.open_project(args.recipe, _settings(args))
+    print((to_dot if args.format == "dot" else to_mermaid)(project.graph), end="")
+    return 0
+
+
+def cmd_devices(args) -> int:
+    from edgebuild.catalog import load_catalog
+
+    catalog = load_catalog()
+    if args.json:
+        print(json.dumps(catalog, indent=2))
+        return 0
+    for name, profile in catalog.items():
+        steps = ", ".join(f"{k} {v}" for k, v in profile.get("steps", {}).items())
+        print(f"{name:<14} {profile['runtime']:<16} {profile['format']:<7} {steps}")
+        print(f"{'':<14} {profile['description']}")
+    return 0
+
+
+def cmd_clean(args) -> int:
+    from edgebuild import api
+
+    for path in api.clean(args.recipes, _settings(args), args.cache):
+        print(f"removed {path}")
+    return 0
+
+
+def cmd_gc(args) -> int:
+    from pathlib import Path
+
+    from edgebuild import api
+    from edgebuild.cache import Cache
+    from edgebuild.recipe import load_recipe
+
+    settings = _settings(args)
+    locks = [load_recipe(Path(r)).lock_path for r in args.recipes]
+    result = api.gc(Cache(settings.cache_dir), locks, args.dry_run)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        verb = "would drop" if args.dry_run else "dropped"
+        print(f"{verb} {result['entries']} entries and {result['blobs']} blobs "
+              f"({result['bytes'] / 1e6:.1f} MB); kept {result['kept_entries']} entries")
+    return 0
+
+
+COMMANDS = {"all": cmd_build, "build": cmd_build, "plan": cmd_plan, "explain": cmd_explain,
+            "graph": cmd_graph, "devices": cmd_devices, "clean": cmd_clean, "gc": cmd_gc}

@@ -1,0 +1,68 @@
+"""Calibration and validation inputs: read images, apply the recipe's preprocessing.
+
+One function does the preprocessing, so calibration, baseline and validation see
+exactly the same tensors. Samples are taken in sorted file order, first `count`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgebuild.errors import StepError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def load_samples(path: Path, params: dict) -> np.ndarray:
+    """Preprocessed model inputs, float32, in the recipe's layout."""
+    count, pre = params.get("count"), params["preprocess"]
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            if "x" not in archive:
+                raise StepError(f"{path}: an .npz dataset needs an array named 'x'")
+            pixels = archive["x"][:count]
+        images = [_resize(img, pre) for img in pixels]
+    else:
+        files = image_files(path)[:count]
+        if not files:
+            raise StepError(f"{path}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+        images = [_read(f, pre) for f in files]
+    return np.stack([_normalize(img, pre) for img in images])
+
+
+def _read(path: Path, pre: dict) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return _resize(np.asarray(img.convert("RGB")), pre)
+
+
+def _resize(pixels: np.ndarray, pre: dict) -> np.ndarray:
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    size = pre.get("resize")
+    if size and tuple(pixels.shape[:2]) != tuple(size):
+        from PIL import Image
+
+        image = Image.fromarray(pixels.astype(np.uint8))
+        pixels = np.asarray(image.resize((size[1], size[0]), Image.BILINEAR))
+    return pixels
+
+
+def _normalize(pixels: np.ndarray, pre: dict) -> np.ndarray:
+    x = pixels.astype(np.float32)
+    if pre.get("color") == "BGR":
+        x = x[..., ::-1]
+    mean = np.asarray(pre["mean"], np.float32)
+    std = np.asarray(pre["std"], np.float32)
+    x = (x - mean) * np.float32(pre["scale"]) / std
+    if pre.get("layout") == "NCHW":
+        x = np.transpose(x, (2, 0, 1))
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,143 @@
+"""Execute one step: gather its inputs from the cache, run it, commit its outputs.
+
+A step is durable the moment its entry is committed, so killing a build loses only
+the steps in flight. Work happens in a private folder under the cache's tmp/, which
+is removed whatever happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgebuild.cache import Cache, Entry
+from edgebuild.console import Console
+from edgebuild.errors import BuildError
+from edgebuild.graph import Node
+from edgebuild.plan import Resolver, key_of
+
+
+@dataclass
+class Outcome:
+    status: str  # executed | cached | deferred | failed
+    message: str = ""
+
+
+class Executor:
+    def __init__(self, cache: Cache, resolver: Resolver, console: Console):
+        self.cache, self.resolver, self.console = cache, resolver, console
+        self.outcomes: dict[str, Outcome] = {}  # node id -> what happened in this run
+
+    def is_built(self, node: Node) -> bool:
+        """Asked by the engine just before running `node`: upstream steps have run by
+        now, so the key is known; another build may even have made the entry."""
+        entry = self.resolver.entry_of(node.id)
+        if entry is not None and node.id not in self.outcomes:
+            self.outcomes[node.id] = Outcome("cached")
+        return entry is not None
+
+    def build(self, node: Node) -> bool:
+        label = node.label
+        self.console.step_started(label, node.targets)
+        try:
+            entry = self._build(node)
+        except BuildError as exc:
+            self.outcomes[node.id] = Outcome("failed", str(exc))
+            self.console.step_failed(label, str(exc))
+            return False
+        self.outcomes[node.id] = Outcome(entry.status)
+        self.console.step_finished(label, entry.status)
+        return True
+
+    def _build(self, node: Node) -> Entry:
+        doc = self.resolver.doc(node)
+        if doc is None:
+            raise BuildError("an input is missing from the cache")
+        key = key_of(doc)
+        work = self.cache.workdir(f"{node.kind}-{key[:12]}")
+        try:
+            job = {"runner": node.impl.runner, "params": node.params, "device": node.device,
+                   "inputs": self._inputs(node, work), "outdir": str(work / "out"),
+                   "digests": doc["inputs"], "chain": self._chain(node)}
+            started = time.monotonic()
+            result = self._spawn(job, work, node) if node.impl.heavy else _in_process(job)
+            if "error" in result:
+                raise BuildError(self._failure_message(result, work, key))
+            outputs = {}
+            for name, filename in result["outputs"].items():
+                path = work / "out" / filename
+                outputs[name] = self.cache.put_tree(path) if path.is_dir() else \
+                    self.cache.put_file(path)
+            meta = {**result["meta"], "status": result["status"],
+                    "seconds": round(time.monotonic() - started, 3)}
+            entry = self.cache.commit(key, node.kind, doc, outputs, meta)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        self.resolver.record(node.id, entry)
+        return entry
+
+    def _inputs(self, node: Node, work: Path) -> dict[str, str]:
+        paths = {name: str(path) for name, path in node.files.items()}
+        for name, (up_id, output_name) in node.deps.items():
+            output = self.resolver.entry_of(up_id).outputs[output_name]
+            dest = work / "in" / name / output.name
+            paths[name] = str(self.cache.materialize(output, dest))
+        return paths
+
+    def _chain(self, node: Node) -> list[dict]:
+        """What a bundle manifest records of the steps before it."""
+        chain = []
+        for up_id in node.chain:
+            entry = self.resolver.entry_of(up_id)
+            chain.append({"kind": entry.kind, "impl": entry.doc["impl"], "key": entry.key,
+                          "params": entry.doc["params"], "toolchain": entry.doc["toolchain"],
+                          "inputs": entry.doc["inputs"],
+                          "status": entry.status})
+        return chain
+
+    def _spawn(self, job: dict, work: Path, node: Node) -> dict:
+        job_path = work / "job.json"
+        job_path.write_text(json.dumps(job))
+        # tf.keras must mean tf_keras (Keras 2), which tfmot and the converter expect.
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+               "TF_USE_LEGACY_KERAS": "1"}
+        with open(work / "step.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "edgebuild.worker", str(job_path)],
+                                    stdout=subprocess.PIPE, stderr=log, env=env, cwd=work)
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                if line.startswith("@progress "):
+                    self.console.step_progress(node.label, line[len("@progress "):])
+                else:
+                    log.write(raw)
+            proc.wait()
+        try:
+            return json.loads((work / "result.json").read_text())
+        except (OSError, ValueError):
+            return {"error": f"worker exited with status {proc.returncode}"}
+
+    def _failure_message(self, result: dict, work: Path, key: str) -> str:
+        message = result["error"]
+        log = work / "step.log"
+        if "traceback" in result or log.exists():
+            logs = self.cache.root / "logs"
+            logs.mkdir(exist_ok=True)
+            saved = logs / f"{key[:16]}.log"
+            text = log.read_text(errors="replace") if log.exists() else ""
+            saved.write_text(text + "\n" + result.get("traceback", ""))
+            last = result.get("traceback", "").strip().splitlines()[-1:] or [""]
+            message = f"{message}: {last[0]} (full log: {saved})" if last[0] else \
+                f"{message} (full log: {saved})"
+        return message
+
+
+def _in_process(job: dict) -> dict:
+    from edgebuild.worker import run_job
+
+    return run_job(job)

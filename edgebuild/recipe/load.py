@@ -1,0 +1,265 @@
+"""Load a recipe: parse with positions, validate, resolve devices, check paths.
+
+Every complaint becomes a located `Problem`, and all of them are reported at once,
+before anything is hashed, built or written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from edgebuild import __version__
+from edgebuild.catalog import catalog_text, load_catalog
+from edgebuild.errors import Problem, RecipeError
+from edgebuild.recipe import yamlpos
+from edgebuild.recipe.model import (
+    OPTIONAL_SLOTS, SLOTS, Dataset, Device, Preprocess, Recipe, Source, Target)
+from edgebuild.steps.params import SLOT_PARAMS, Budget
+
+# Step slots that this version can run, per artifact format. A slot outside this
+# table is a recipe error at plan time, never a surprise halfway through a build.
+AVAILABLE = {
+    "tflite": {"convert", "quantize", "compile", "validate", "bundle"},
+    "onnx": {"convert", "quantize", "compile", "validate", "bundle"},
+}
+QUANTIZE_MODES = {"tflite": {"fp16", "dynamic", "int8", "int16x8"}, "onnx": {"fp16", "dynamic"}}
+
+
+class ValidationMemo:
+    """Remembers digests of recipes that passed schema validation, so that no-op runs
+    skip importing jsonschema. Implemented by the cache; None means always validate."""
+
+    def seen(self, digest: str) -> bool:  # pragma: no cover - interface
+        return False
+
+    def add(self, digest: str) -> None:  # pragma: no cover - interface
+        pass
+
+
+def load_recipe(path: str | Path, memo: ValidationMemo | None = None) -> Recipe:
+    path = Path(path)
+    display = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError([Problem(display, None, None, "", "no such recipe file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError([Problem(display, None, None, "", f"cannot read recipe: {exc}")]) from None
+    try:
+        doc = yamlpos.load(text)
+    except yamlpos.YamlError as exc:
+        raise RecipeError([Problem(display, exc.line, exc.column, _dotted(exc.path),
+                                   exc.message)]) from None
+    return _Resolver(path.resolve(), display, text, doc, memo).resolve()
+
+
+class _Resolver:
+    def __init__(self, path: Path, display: str, text: str, doc: yamlpos.Located,
+                 memo: ValidationMemo | None):
+        self.path, self.display, self.text, self.doc, self.memo = path, display, text, doc, memo
+        self.problems: list[Problem] = []
+
+    def complain(self, key_path: tuple, message: str) -> None:
+        line, column = self.doc.position(key_path)
+        self.problems.append(Problem(self.display, line, column, _dotted(key_path), message))
+
+    def fail_if_problems(self) -> None:
+        if self.problems:
+            raise RecipeError(self.problems)
+
+    def resolve(self) -> Recipe:
+        data = self.doc.data
+        if not isinstance(data, dict):
+            self.complain((), "a recipe is a mapping with keys name, source, task and targets")
+            self.fail_if_problems()
+        digest = hashlib.sha256("\0".join(
+            [__version__, self.text, catalog_text(), *_schema_texts()]).encode()).hexdigest()
+        self.known_valid = bool(self.memo and self.memo.seen(digest))
+        if not self.known_valid:
+            from edgebuild.recipe.schema import validate
+
+            for key_path, message in validate("recipe", data):
+                self.complain(key_path, message)
+            self.fail_if_problems()
+        recipe = self._build(data, digest)
+        self.fail_if_problems()
+        if self.memo:
+            self.memo.add(digest)
+        return recipe
+
+    def _build(self, data: dict, digest: str) -> Recipe:
+        devices = self._devices(data.get("devices", {}))
+        source = self._source(data["source"])
+        raw_data = data.get("data", {})
+        calibration = self._dataset(raw_data, "calibration")
+        validation = self._dataset(raw_data, "validation")
+        targets = {name: self._target(name, spec, devices, calibration, validation)
+                   for name, spec in data["targets"].items()}
+        labels = self._existing(("labels",), data["labels"]) if "labels" in data else None
+        return Recipe(
+            path=self.path, name=data["name"], task=data["task"], source=source,
+            preprocess=_preprocess(raw_data.get("preprocess", {})), targets=targets,
+            labels=labels, calibration=calibration, validation=validation, text_digest=digest)
+
+    # -- devices ---------------------------------------------------------------------
+
+    def _devices(self, own: dict) -> dict[str, Device]:
+        profiles = dict(load_catalog(validate=not self.known_valid))
+        for name, spec in own.items():
+            base = spec.get("extends")
+            if base is not None and base not in profiles:
+                self.complain(("devices", name, "extends"),
+                              f"'{base}' is not a known device (known: {', '.join(profiles)})")
+                continue
+            merged = dict(profiles.get(base, {})) if base else {}
+            merged["steps"] = _merge_slots(merged.get("steps", {}), spec.get("steps", {}))
+            merged.update({k: v for k, v in spec.items() if k not in ("extends", "steps")})
+            missing = [k for k in ("family", "runtime", "format") if k not in merged]
+            if missing:
+                self.complain(("devices", name), f"missing {', '.join(missing)} "
+                              "(set them, or `extends:` a catalog device)")
+                continue
+            merged.setdefault("description", name)
+            profiles[name] = merged
+        return {name: _device(name, spec) for name, spec in profiles.items()
+                if "format" in spec}
+
+    def _target(self, name: str, spec: dict, devices: dict[str, Device],
+                calibration: Dataset | None, validation: Dataset | None) -> Target | None:
+        where = ("targets", name)
+        device = devices.get(spec["device"])
+        if device is None:
+            self.complain((*where, "device"), f"'{spec['device']}' is not a known device "
+                          f"(known: {', '.join(sorted(devices))})")
+            return None
+        fmt = spec.get("format", device.format)
+        if fmt not in device.formats:
+            self.complain((*where, "format"), f"'{fmt}' is not a format of device "
+                          f"'{device.name}' (choose one of: {', '.join(device.formats)})")
+        slots = _merge_slots(device.steps, {k: v for k, v in spec.items() if k in SLOTS})
+        steps = {}
+        for slot in SLOTS:
+            value = slots.get(slot, {} if slot not in ("prune", "cluster", "quantize", "compile")
+                              else False)
+            if value is False:
+                continue
+            if fmt in AVAILABLE and slot not in AVAILABLE[fmt]:
+                self.complain((*where, slot), f"the {slot} step is not available for {fmt} "
+                              f"artifacts in edgebuild {__version__}; set `{slot}: false`")
+                continue
+            steps[slot] = SLOT_PARAMS[slot].from_dict(value if isinstance(value, dict) else {})
+        self._check_target(where, device, fmt, steps, calibration, validation)
+        return Target(name=name, device=device, format=fmt,
+                      runtime=spec.get("runtime", device.runtime), steps=steps,
+                      budget=Budget.from_dict(spec.get("budget", {})))
+
+    def _check_target(self, where, device, fmt, steps, calibration, validation) -> None:
+        quantize = steps.get("quantize")
+        if quantize is not None:
+            if quantize.mode not in QUANTIZE_MODES[fmt]:
+                self.complain((*where, "quantize", "mode"),
+                              f"'{quantize.mode}' quantization is not available for {fmt} "
+                              f"(choose one of: {', '.join(sorted(QUANTIZE_MODES[fmt]))})")
+            if quantize.mode in ("int8", "int16x8") and calibration is None:
+                self.complain((*where, "quantize"), f"{quantize.mode} quantization calibrates "
+                              "on data.calibration; add it, or choose mode fp16 or dynamic")
+            if quantize.io != "float32" and quantize.mode != "int8":
+                self.complain((*where, "quantize", "io"),
+                              f"io: {quantize.io} needs mode: int8 (full-integer)")
+        if device.integer_only and (quantize is None or quantize.mode != "int8"):
+            self.complain((*where, "quantize"), f"device '{device.name}' runs integer ops only; "
+                          "it needs `quantize: {mode: int8}`")
+        if "validate" in steps and validation is None:
+            self.complain((*where, "validate"), "validation needs data.validation; add it, "
+                          "or set `validate: false` to ship unvalidated")
+        compile_ = steps.get("compile")
+        if compile_ is not None and (compile_.compiler == "edgetpu") != (fmt == "tflite"):
+            self.complain((*where, "compile", "compiler"),
+                          f"the {compile_.compiler} compiler does not take {fmt} models")
+
+    # -- files -----------------------------------------------------------------------
+
+    def _source(self, spec: dict) -> Source:
+        path = self._existing(("source", "path"), spec["path"])
+        fmt = spec.get("format") or (_infer_format(path) if path else None)
+        if path and fmt is None:
+            self.complain(("source", "path"), f"cannot tell the model format of '{spec['path']}' "
+                          "(expected .keras, .h5, .onnx or a SavedModel folder); "
+                          "set source.format")
+        return Source(path=path or Path(spec["path"]), format=fmt or "unknown")
+
+    def _dataset(self, data: dict, role: str) -> Dataset | None:
+        spec = data.get(role)
+        if spec is None:
+            return None
+        path = self._existing(("data", role, "path"), spec["path"])
+        annotations = (self._existing(("data", role, "annotations"), spec["annotations"])
+                       if "annotations" in spec else None)
+        return Dataset(path=path or Path(spec["path"]), annotations=annotations,
+                       count=spec.get("count"))
+
+    def _existing(self, key_path: tuple, value: str) -> Path | None:
+        path = (self.path.parent / value).resolve()
+        if not path.exists():
+            self.complain(key_path, f"'{value}' does not exist (looked for {path})")
+            return None
+        return path
+
+
+def _device(name: str, spec: dict) -> Device:
+    return Device(name=name, description=spec.get("description", name), family=spec["family"],
+                  runtime=spec["runtime"], format=spec["format"],
+                  formats=tuple(spec.get("formats", [spec["format"]])),
+                  integer_only=spec.get("integer_only", False), steps=spec.get("steps", {}),
+                  notes=spec.get("notes", ""))
+
+
+def _merge_slots(base: dict, override: dict) -> dict:
+    """Override a profile's slots: `false` switches off, a mapping merges over the
+    profile's parameters, `true` keeps them."""
+    merged = dict(base)
+    for slot, value in override.items():
+        if value is True:
+            merged[slot] = merged.get(slot) or {}
+        elif isinstance(value, dict) and isinstance(merged.get(slot), dict):
+            merged[slot] = {**merged[slot], **value}
+        else:
+            merged[slot] = value
+    return merged
+
+
+def _preprocess(spec: dict) -> Preprocess:
+    def triple(value, default):
+        if value is None:
+            return default
+        return tuple(float(v) for v in value) if isinstance(value, list) else (float(value),) * 3
+
+    return Preprocess(resize=tuple(spec["resize"]) if "resize" in spec else None,
+                      scale=float(spec.get("scale", 1.0)),
+                      mean=triple(spec.get("mean"), (0.0, 0.0, 0.0)),
+                      std=triple(spec.get("std"), (1.0, 1.0, 1.0)),
+                      layout=spec.get("layout", "NHWC"), color=spec.get("color", "RGB"))
+
+
+def _infer_format(path: Path) -> str | None:
+    if path.is_dir():
+        return "saved_model" if (path / "saved_model.pb").exists() else None
+    return {".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".onnx": "onnx"}.get(
+        path.suffix.lower())
+
+
+def _schema_texts() -> list[str]:
+    from edgebuild.recipe.schema import SCHEMAS, schema_text
+
+    return [schema_text(name) for name in SCHEMAS]
+
+
+def _dotted(key_path: tuple) -> str:
+    out = ""
+    for part in key_path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+__all__ = ["OPTIONAL_SLOTS", "ValidationMemo", "load_recipe"]

@@ -1,0 +1,89 @@
+"""The typed recipe: what the rest of edgebuild works from once a recipe is loaded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Step slots, in the order a chain runs them. A profile or target fills a slot with
+# parameters, or switches it off with `false`.
+SLOTS = ("convert", "prune", "cluster", "quantize", "compile", "validate", "bundle")
+OPTIONAL_SLOTS = ("prune", "cluster", "quantize", "compile", "validate")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """x = (pixel - mean) * scale / std, after resizing and channel reordering."""
+
+    resize: tuple[int, int] | None = None
+    scale: float = 1.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    layout: str = "NHWC"
+    color: str = "RGB"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    path: Path
+    annotations: Path | None = None
+    count: int | None = None
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    format: str  # keras | saved_model | onnx
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    description: str
+    family: str
+    runtime: str
+    format: str
+    formats: tuple[str, ...]
+    integer_only: bool = False
+    steps: dict = field(default_factory=dict)  # slot -> params | False
+    notes: str = ""
+
+    def profile(self) -> dict:
+        """The fields a bundle manifest records and step keys depend on."""
+        return {"name": self.name, "family": self.family, "runtime": self.runtime,
+                "format": self.format, "integer_only": self.integer_only}
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    device: Device
+    format: str
+    runtime: str
+    steps: dict[str, dict]  # enabled slots only, in SLOTS order, with merged parameters
+    budget: dict
+
+    def enabled(self, slot: str) -> bool:
+        return slot in self.steps
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    name: str
+    task: str
+    source: Source
+    preprocess: Preprocess
+    targets: dict[str, Target]
+    labels: Path | None = None
+    calibration: Dataset | None = None
+    validation: Dataset | None = None
+    text_digest: str = ""
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_suffix(".lock")

@@ -1,0 +1,116 @@
+"""Safe YAML loading that remembers where every key and value came from.
+
+PyYAML's constructors drop positions, so we compose the node tree ourselves (C
+parser when available) and build plain Python objects alongside a map from key
+path to (line, column). Limits keep hostile input (alias bombs, deep nesting,
+huge files) from hanging or exhausting memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import yaml
+
+try:
+    _Loader = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - PyYAML built without libyaml
+    _Loader = yaml.SafeLoader
+
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NODES = 100_000
+
+KeyPath = tuple[str | int, ...]
+
+
+class YamlError(Exception):
+    def __init__(self, message: str, line: int | None = None, column: int | None = None,
+                 path: KeyPath = ()):
+        super().__init__(message)
+        self.message, self.line, self.column, self.path = message, line, column, path
+
+
+@dataclass
+class Located:
+    """A loaded document plus the position of every key path in it."""
+
+    data: object
+    positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+
+    def position(self, path: KeyPath) -> tuple[int | None, int | None]:
+        # Fall back to the nearest parent that has a position (e.g. a missing key).
+        while path not in self.positions and path:
+            path = path[:-1]
+        return self.positions.get(path, (None, None))
+
+
+def load(text: str) -> Located:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; recipes are small text files")
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        raise YamlError(f"invalid YAML: {exc.problem}", mark.line + 1 if mark else None,
+                        mark.column + 1 if mark else None) from None
+    except yaml.YAMLError as exc:
+        raise YamlError(f"invalid YAML: {exc}") from None
+    located = Located(None)
+    if root is not None:
+        located.data = _Builder(located.positions).build(root, (), 0)
+    return located
+
+
+class _Builder:
+    def __init__(self, positions: dict[KeyPath, tuple[int, int]]):
+        self.positions = positions
+        self.nodes = 0
+
+    def build(self, node: yaml.Node, path: KeyPath, depth: int) -> object:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise YamlError(f"document expands to more than {MAX_NODES} values "
+                            "(an alias bomb?)", *_mark(node), path)
+        if depth > MAX_DEPTH:
+            raise YamlError(f"nested deeper than {MAX_DEPTH} levels", *_mark(node), path)
+        self.positions.setdefault(path, _mark(node))
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i), depth + 1) for i, item in enumerate(node.value)]
+        return _scalar(node)
+
+    def _mapping(self, node: yaml.MappingNode, path: KeyPath, depth: int) -> dict:
+        result: dict = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                merged = self.build(value_node, path, depth + 1)
+                for part in merged if isinstance(merged, list) else [merged]:
+                    if not isinstance(part, dict):
+                        raise YamlError("'<<' merges only mappings", *_mark(value_node), path)
+                    for k, v in part.items():
+                        result.setdefault(k, v)
+                continue
+            key = _scalar(key_node)
+            if not isinstance(key, str):
+                raise YamlError(f"keys must be strings, got {key!r}", *_mark(key_node), path)
+            if key in result:
+                raise YamlError(f"duplicate key '{key}'", *_mark(key_node), path)
+            self.positions[(*path, key)] = _mark(key_node)
+            result[key] = self.build(value_node, (*path, key), depth + 1)
+        return result
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _scalar(node: yaml.Node) -> object:
+    if not isinstance(node, yaml.ScalarNode):
+        raise YamlError("expected a plain value here", *_mark(node))
+    # SafeConstructor turns resolved tags (int, float, bool, null, str) into values.
+    return _SCALARS.construct_object(node, deep=False)
+
+
+_SCALARS = yaml.SafeLoader("")

@@ -1,0 +1,43 @@
+"""Step implementations, declared as data so planning never imports a toolchain.
+
+Each `Impl` names the function that does the work (run in a worker process when it
+is heavy), the packages whose versions belong in its key, and a version number to
+bump whenever the implementation would produce different output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TF = ("tensorflow", "tf_keras", "keras")
+
+
+@dataclass(frozen=True)
+class Impl:
+    name: str       # kind.variant, e.g. "convert.tflite"
+    version: int
+    runner: str     # "module:function", called as function(ctx) -> meta dict
+    toolchain: tuple[str, ...] = ()
+    heavy: bool = True  # run in a fresh worker process so its memory is given back
+
+    @property
+    def kind(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+IMPLS = {impl.name: impl for impl in (
+    Impl("convert.tflite", 1, "edgebuild.steps.convert:to_tflite", TF),
+    Impl("convert.onnx", 1, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx")),
+    Impl("convert.onnx-check", 1, "edgebuild.steps.convert:check_onnx", ("onnx",)),
+    Impl("quantize.tflite", 1, "edgebuild.steps.quantize:tflite", TF),
+    Impl("quantize.onnx", 1, "edgebuild.steps.quantize:onnx", ("onnx", "onnxruntime")),
+    Impl("compile.tensorrt", 1, "edgebuild.steps.compile:tensorrt", ("tensorrt",), heavy=False),
+    Impl("compile.edgetpu", 1, "edgebuild.steps.compile:edgetpu", (), heavy=False),
+    Impl("baseline.tf", 1, "edgebuild.steps.baseline:run_tf", (*TF, "numpy", "pillow")),
+    Impl("baseline.onnx", 1, "edgebuild.steps.baseline:run_onnx",
+         ("onnxruntime", "numpy", "pillow")),
+    Impl("validate.tflite", 1, "edgebuild.steps.validate:tflite",
+         ("ai-edge-litert", "numpy", "pillow")),
+    Impl("validate.onnx", 1, "edgebuild.steps.validate:onnx", ("onnxruntime", "numpy", "pillow")),
+    Impl("bundle", 1, "edgebuild.steps.bundle:run", (), heavy=False),
+)}

@@ -1,0 +1,76 @@
+"""convert: the source model as a float32 artifact in the target's format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from edgebuild.errors import StepError
+from edgebuild.worker import StepContext
+
+
+def to_tflite(ctx: StepContext) -> dict:
+    from edgebuild.toolchains import tf as tfc
+
+    ctx.progress("converting to TFLite float32")
+    converter = tfc.tflite_converter(ctx.inputs["model"], ctx.params["source_format"],
+                                     ctx.outdir.parent)
+    flatbuffer = _convert(converter)
+    ctx.output("model", "model.tflite").write_bytes(flatbuffer)
+    return {"bytes": len(flatbuffer)}
+
+
+def to_onnx(ctx: StepContext) -> dict:
+    import tensorflow as tf
+    import tf2onnx
+
+    from edgebuild.toolchains import tf as tfc
+
+    ctx.progress("converting to ONNX with tf2onnx")
+    source, source_format = ctx.inputs["model"], ctx.params["source_format"]
+    opset, out = ctx.params["opset"], ctx.output("model", "model.onnx")
+    model = tfc.load_keras(source) if source_format == "keras" else None
+    if model is not None and tfc.is_tf_keras(model):
+        spec = tuple(tf.TensorSpec((None, *i.shape[1:]), i.dtype, name=i.name.split(":")[0])
+                     for i in model.inputs)
+        tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, output_path=str(out))
+    else:
+        saved = tfc.saved_model_dir(source, source_format, ctx.outdir.parent)
+        fn = tf.saved_model.load(str(saved)).signatures["serving_default"]
+        spec = tuple(fn.structured_input_signature[1].values())
+        tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset,
+                                      output_path=str(out))
+    return _check(out)
+
+
+def check_onnx(ctx: StepContext) -> dict:
+    """An ONNX source, checked and with shapes inferred, as the float artifact."""
+    import onnx
+
+    ctx.progress("checking ONNX model")
+    try:
+        model = onnx.load(str(ctx.inputs["model"]))
+        onnx.checker.check_model(model)
+        model = onnx.shape_inference.infer_shapes(model)
+    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError,
+            Exception) as exc:  # onnx raises several unrelated types for broken files
+        raise StepError(f"{ctx.inputs['model']}: not a valid ONNX model: {exc}") from None
+    out = ctx.output("model", "model.onnx")
+    onnx.save(model, str(out))
+    return _check(out)
+
+
+def _convert(converter) -> bytes:
+    try:
+        return converter.convert()
+    except Exception as exc:  # the converter raises ConverterError and plain exceptions
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StepError(f"TFLite conversion failed: {first}") from None
+
+
+def _check(path: Path) -> dict:
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    return {"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            "bytes": path.stat().st_size}

@@ -1,0 +1,62 @@
+"""Run artifacts in the runtimes devices use: LiteRT for .tflite, ONNX Runtime for
+.onnx. Integer I/O is quantized and dequantized with the model's own parameters, so
+callers always pass and receive float32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+class LiteRTModel:
+    def __init__(self, path: Path, threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.inputs = self.interpreter.get_input_details()
+        self.outputs = self.interpreter.get_output_details()
+        self.output_names = [o["name"] for o in self.outputs]
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        """Run one sample (batch of 1)."""
+        detail = self.inputs[0]
+        self.interpreter.set_tensor(detail["index"], _quantize(x[None, ...], detail))
+        self.interpreter.invoke()
+        return [_dequantize(self.interpreter.get_tensor(o["index"]), o)[0] for o in self.outputs]
+
+
+class OnnxModel:
+    def __init__(self, path: Path, threads: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, x: np.ndarray) -> list[np.ndarray]:
+        return [o[0] for o in self.session.run(None, {self.input_name: x[None, ...]})]
+
+
+def load_runtime(path: Path, threads: int = 1):
+    return LiteRTModel(path, threads) if path.suffix == ".tflite" else OnnxModel(path, threads)
+
+
+def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
+    dtype = detail["dtype"]
+    if dtype == np.float32:
+        return x.astype(np.float32)
+    scale, zero = detail["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+
+
+def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
+    if detail["dtype"] == np.float32:
+        return y
+    scale, zero = detail["quantization"]
+    return (y.astype(np.float32) - zero) * scale
