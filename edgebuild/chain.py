@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from edgebuild.errors import Problem, RecipeError
 from edgebuild.graph import Graph, Node
 from edgebuild.recipe.model import Recipe, Target
 
@@ -71,11 +70,7 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target) -> None:
 def _convert_node(recipe: Recipe, target: Target) -> Node:
     params = {**target.steps["convert"].to_dict(), "source_format": recipe.source.format}
     files = {"model": recipe.source.path}
-    if target.format == "tflite":
-        if recipe.source.format == "onnx":
-            raise RecipeError([Problem(str(recipe.path), None, None, f"targets.{target.name}",
-                                       "an ONNX source cannot become a TFLite artifact; "
-                                       "choose a device with format onnx")])
+    if target.format == "tflite":  # the loader has ruled out ONNX sources here
         params.pop("opset")
         return Node("convert.tflite", params, files=files)
     if recipe.source.format == "onnx":

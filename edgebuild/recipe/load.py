@@ -60,13 +60,13 @@ class _Resolver:
         self.path, self.display, self.text, self.doc, self.memo = path, display, text, doc, memo
         self.problems: list[Problem] = []
 
-    def complain(self, key_path: tuple, message: str) -> None:
-        line, column = self.doc.position(key_path)
+    def complain(self, key_path: tuple, message: str, about_key: bool = False) -> None:
+        line, column = self.doc.position(key_path, of_value=not about_key)
         self.problems.append(Problem(self.display, line, column, _dotted(key_path), message))
 
     def fail_if_problems(self) -> None:
         if self.problems:
-            raise RecipeError(self.problems)
+            raise RecipeError(sorted(self.problems, key=lambda p: (p.line or 0, p.column or 0)))
 
     def resolve(self) -> Recipe:
         data = self.doc.data
@@ -79,8 +79,8 @@ class _Resolver:
         if not self.known_valid:
             from edgebuild.recipe.schema import validate
 
-            for key_path, message in validate("recipe", data):
-                self.complain(key_path, message)
+            for key_path, message, about_key in validate("recipe", data):
+                self.complain(key_path, message, about_key)
             self.fail_if_problems()
         recipe = self._build(data, digest)
         self.fail_if_problems()
@@ -94,6 +94,7 @@ class _Resolver:
         raw_data = data.get("data", {})
         calibration = self._dataset(raw_data, "calibration")
         validation = self._dataset(raw_data, "validation")
+        self.source_format = source.format
         targets = {name: self._target(name, spec, devices, calibration, validation)
                    for name, spec in data["targets"].items()}
         labels = self._existing(("labels",), data["labels"]) if "labels" in data else None
@@ -137,6 +138,10 @@ class _Resolver:
         if fmt not in device.formats:
             self.complain((*where, "format"), f"'{fmt}' is not a format of device "
                           f"'{device.name}' (choose one of: {', '.join(device.formats)})")
+        if fmt == "tflite" and self.source_format == "onnx":
+            self.complain((*where, "device"), f"device '{device.name}' takes TFLite models, and "
+                          "edgebuild does not convert ONNX sources to TFLite; choose a device "
+                          "with format onnx (x86-cpu with `format: onnx`, jetson-orin, cloud-gpu)")
         slots = _merge_slots(device.steps, {k: v for k, v in spec.items() if k in SLOTS})
         steps = {}
         for slot in SLOTS:

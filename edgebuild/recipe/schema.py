@@ -32,14 +32,16 @@ def _validator(name: str):
     return jsonschema.Draft202012Validator(docs[name], registry=registry)
 
 
-def validate(name: str, document: object) -> list[tuple[KeyPath, str]]:
-    """Return (key path, message) for every problem, in document order."""
+def validate(name: str, document: object) -> list[tuple[KeyPath, str, bool]]:
+    """(key path, message, about_the_key) for every problem. `about_the_key` is True
+    where the key itself is wrong (unknown key), False where its value is."""
     errors = sorted(_validator(name).iter_errors(document), key=lambda e: list(map(str, e.path)))
-    found: list[tuple[KeyPath, str]] = []
+    found: list[tuple[KeyPath, str, bool]] = []
     for error in errors:
         for path, message in _explain(error):
-            if (path, message) not in found:
-                found.append((path, message))
+            problem = (path, message, message.startswith("unknown key"))
+            if problem not in found:
+                found.append(problem)
     return found
 
 
@@ -47,7 +49,7 @@ def _explain(error) -> list[tuple[KeyPath, str]]:
     path = tuple(error.absolute_path)
     kind, instance, schema = error.validator, error.instance, error.schema
     if kind in ("additionalProperties", "unevaluatedProperties"):
-        known = sorted(schema.get("properties", {})) or _known_from_refs(schema)
+        known = _known_keys(schema)
         return [((*path, key), _unknown_key(key, known)) for key in _unexpected(error, known)]
     if kind == "oneOf":
         return _explain_one_of(error, path)
@@ -60,7 +62,7 @@ def _explain(error) -> list[tuple[KeyPath, str]]:
         missing = error.message.split("'")[1] if "'" in error.message else "?"
         return [(path, f"missing required key '{missing}'")]
     if kind == "pattern" and "description" in schema:
-        return [(path, f"{instance!r} is not a valid name: {schema['description']}")]
+        return [(path, f"{instance!r} is not a valid name ({schema['description']})")]
     if kind == "propertyNames":
         return [(path, f"{error.instance!r} is not a valid name")]
     return [(path, error.message)]
@@ -86,14 +88,12 @@ def _unexpected(error, known: list[str]) -> list[str]:
     return [key for key in error.instance if key not in known]
 
 
-def _known_from_refs(schema: dict) -> list[str]:
-    # Targets combine their own keys with the shared step slots through allOf/$ref.
+def _known_keys(schema: dict) -> list[str]:
+    # Targets and profiles combine their own keys with the shared step slots (via
+    # allOf/$ref), which jsonschema's error does not list.
     names = set(schema.get("properties", {}))
-    for part in schema.get("allOf", []):
-        ref = part.get("$ref", "")
-        if ref.endswith("#/$defs/slots"):
-            names |= set(json.loads(schema_text("steps"))["$defs"]["slots"]["properties"])
-    if "$ref" in schema and schema["$ref"].endswith("#/$defs/slots"):
+    refs = [schema.get("$ref", "")] + [part.get("$ref", "") for part in schema.get("allOf", [])]
+    if any(ref.endswith("#/$defs/slots") for ref in refs):
         names |= set(json.loads(schema_text("steps"))["$defs"]["slots"]["properties"])
     return sorted(names)
 

@@ -36,10 +36,14 @@ class Located:
     """A loaded document plus the position of every key path in it."""
 
     data: object
-    positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
+    positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)  # of keys
+    value_positions: dict[KeyPath, tuple[int, int]] = field(default_factory=dict)
 
-    def position(self, path: KeyPath) -> tuple[int | None, int | None]:
-        # Fall back to the nearest parent that has a position (e.g. a missing key).
+    def position(self, path: KeyPath, of_value: bool = True) -> tuple[int | None, int | None]:
+        """Where the value (or the key) at `path` starts; for a path that is not in
+        the document (a missing key), where its nearest parent starts."""
+        if of_value and path in self.value_positions:
+            return self.value_positions[path]
         while path not in self.positions and path:
             path = path[:-1]
         return self.positions.get(path, (None, None))
@@ -58,13 +62,13 @@ def load(text: str) -> Located:
         raise YamlError(f"invalid YAML: {exc}") from None
     located = Located(None)
     if root is not None:
-        located.data = _Builder(located.positions).build(root, (), 0)
+        located.data = _Builder(located).build(root, (), 0)
     return located
 
 
 class _Builder:
-    def __init__(self, positions: dict[KeyPath, tuple[int, int]]):
-        self.positions = positions
+    def __init__(self, located: Located):
+        self.positions, self.value_positions = located.positions, located.value_positions
         self.nodes = 0
 
     def build(self, node: yaml.Node, path: KeyPath, depth: int) -> object:
@@ -75,6 +79,7 @@ class _Builder:
         if depth > MAX_DEPTH:
             raise YamlError(f"nested deeper than {MAX_DEPTH} levels", *_mark(node), path)
         self.positions.setdefault(path, _mark(node))
+        self.value_positions.setdefault(path, _mark(node))
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):

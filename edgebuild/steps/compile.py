@@ -14,7 +14,7 @@ TRTEXEC_PRECISION = {"fp32": "", "fp16": " --fp16", "int8": " --int8"}
 
 
 def tensorrt(ctx: StepContext) -> dict:
-    precision = ctx.params["precision"]
+    precision = ctx.params["precision"] or "fp16"
     command = (f"trtexec --onnx=model.onnx --saveEngine=model.engine"
                f"{TRTEXEC_PRECISION[precision]} --timingCacheFile=timing.cache")
     return _defer(ctx, "build_engine.sh", command,

@@ -47,7 +47,7 @@ class QuantizeParams(Params):
 @dataclass(frozen=True)
 class CompileParams(Params):
     compiler: str = "tensorrt"
-    precision: str = "fp16"
+    precision: str | None = None  # TensorRT only; fp16 when unset
 
 
 @dataclass(frozen=True)
