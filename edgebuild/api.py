@@ -55,12 +55,13 @@ class StepReport:
     label: str
     targets: list[str]
     status: str  # cached | executed | failed | deferred | skipped | pending
+    from_cache: bool = False  # a deferred step may come from the cache too
     reasons: list[Reason] = field(default_factory=list)
     message: str = ""
 
     def to_dict(self) -> dict:
         data = {"key": self.key, "kind": self.kind, "label": self.label,
-                "targets": self.targets, "status": self.status}
+                "targets": self.targets, "status": self.status, "from_cache": self.from_cache}
         if self.reasons:
             data["reasons"] = [r.to_dict() for r in self.reasons]
         if self.message:
@@ -142,11 +143,12 @@ def _step_report(state: StepState, executor, failures: dict[str, str], project) 
         status, message = outcome.status, outcome.message
     else:
         status, message = ("cached", "") if entry is not None else ("pending", "")
-    if status in ("cached", "executed") and entry is not None and entry.status == "deferred":
-        status = "deferred" if status == "cached" else status
+    from_cache = status == "cached"
+    if from_cache and entry.status == "deferred":
+        status = "deferred"
     return StepReport(key=entry.key if entry else state.key, kind=node.kind, label=node.label,
-                      targets=list(node.targets), status=status,
-                      reasons=state.reasons if status != "cached" else [], message=message)
+                      targets=list(node.targets), status=status, from_cache=from_cache,
+                      reasons=[] if from_cache else state.reasons, message=message)
 
 
 def _finish_targets(project: Project, settings: Settings, steps: list[StepReport]) -> dict:
@@ -182,7 +184,9 @@ def _lock_record(project: Project, target: str, chain: list[str]) -> dict:
     steps = []
     for node_id in chain:
         entry = project.resolver.entry_of(node_id)
-        outputs = {name: out.digest for name, out in sorted(entry.outputs.items())}
+        volatile = project.graph.nodes[node_id].impl.volatile
+        outputs = {name: out.digest for name, out in sorted(entry.outputs.items())
+                   if name not in volatile}
         steps.append(step_record(entry.key, entry.doc, outputs, entry.status))
     device = project.recipe.targets[target].device.name
     return {"device": device, "steps": steps}

@@ -8,6 +8,7 @@ tasks), so we give it an in-memory one and let the content-addressed cache answe
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 from doit.cmd_base import TaskLoader2
@@ -73,7 +74,7 @@ class _Loader(TaskLoader2):
 
     def load_doit_config(self):
         return {"backend": "memory", "dep_file": ":memory:", "verbosity": 0,
-                "reporter": self.reporter, "continue": True,
+                "reporter": self.reporter, "continue": True, "outfile": sys.stderr,
                 "num_process": self.jobs if self.jobs > 1 else 0, "par_type": "thread"}
 
     def load_tasks(self, cmd, pos_args):
@@ -91,13 +92,19 @@ def run(nodes: list[Node], is_built: Callable[[Node], bool], build: Callable[[No
         actions=[(_action(build, node), (), {})],
         task_dep=[up for up in node.upstream() if up in ids],
         uptodate=[_check(is_built, node)],
-        verbosity=0,
+        # 2 = doit does not capture output. Capturing swaps sys.stdout, which races
+        # between runner threads and can leave the process writing into a dead buffer.
+        verbosity=2,
     ) for node in nodes]
     collector = _Collector()
     # config_filenames=() keeps a user's pyproject.toml [tool.doit] or doit.cfg out.
     main = DoitMain(_Loader(tasks, jobs, collector), config_filenames=(),
                     extra_config={"BACKEND": {"memory": "edgebuild.engine:MemoryDB"}})
-    main.run(["run"])
+    streams = sys.stdout, sys.stderr
+    try:
+        main.run(["run"])
+    finally:
+        sys.stdout, sys.stderr = streams
     return collector.failed
 
 

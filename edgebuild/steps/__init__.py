@@ -19,6 +19,9 @@ class Impl:
     runner: str     # "module:function", called as function(ctx) -> meta dict
     toolchain: tuple[str, ...] = ()
     heavy: bool = True  # run in a fresh worker process so its memory is given back
+    # Outputs that differ from host to host (timings): kept in the cache for reports,
+    # left out of lock files so that those stay identical for identical builds.
+    volatile: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -37,7 +40,8 @@ IMPLS = {impl.name: impl for impl in (
     Impl("baseline.onnx", 1, "edgebuild.steps.baseline:run_onnx",
          ("onnxruntime", "numpy", "pillow")),
     Impl("validate.tflite", 1, "edgebuild.steps.validate:tflite",
-         ("ai-edge-litert", "numpy", "pillow")),
-    Impl("validate.onnx", 1, "edgebuild.steps.validate:onnx", ("onnxruntime", "numpy", "pillow")),
+         ("ai-edge-litert", "numpy", "pillow"), volatile=("report",)),
+    Impl("validate.onnx", 1, "edgebuild.steps.validate:onnx", ("onnxruntime", "numpy", "pillow"),
+         volatile=("report",)),
     Impl("bundle", 1, "edgebuild.steps.bundle:run", (), heavy=False),
 )}

@@ -1,0 +1,106 @@
+"""A bad recipe is reported with file:line:col and key path, exits 2, writes nothing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from edgebuild.cli import main
+
+BAD = """\
+name: tiny
+source: {path: model/tiny.keras}
+task: classification
+data:
+  preprocess: {resize: [16, 16], scale: 0.0039, layot: NHWC}
+  calibration: {path: data/calib}
+  validation: {path: data/val}
+targets:
+  rpi4: {device: rpi4, quantize: {mode: int7}}
+  pixel: {device: android-gpu, quantise: {mode: fp16}}
+"""
+
+
+def at(text: str, token: str, nth: int = 1) -> str:
+    """'line:column' of the nth occurrence of `token` in `text` (1-based, like editors)."""
+    index = -1
+    for _ in range(nth):
+        index = text.index(token, index + 1)
+    line = text.count("\n", 0, index) + 1
+    return f"{line}:{index - (text.rfind(chr(10), 0, index) + 1) + 1}"
+
+
+def run(args, capsys) -> tuple[int, str]:
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+def test_schema_errors_name_file_line_column_and_key_path(tiny, capsys):
+    tiny.recipe.write_text(BAD)
+    code, err = run(["all", str(tiny.recipe), *tiny.args()], capsys)
+    assert code == 2
+    assert f"{tiny.recipe}:{at(BAD, 'layot')}: data.preprocess.layot: unknown key 'layot'" in err
+    assert "did you mean 'layout'?" in err
+    assert f"{tiny.recipe}:{at(BAD, 'int7')}: targets.rpi4.quantize.mode: 'int7' is not " \
+           "allowed" in err
+    assert "fp16, dynamic, int8, int16x8" in err
+    assert f"{tiny.recipe}:{at(BAD, 'quantise')}: targets.pixel.quantise: unknown key" in err
+    assert "Traceback" not in err
+    assert not tiny.cache.exists() and not tiny.dist.exists()
+    assert not tiny.recipe.with_suffix(".lock").exists()
+
+
+def test_unknown_device_lists_the_known_ones(tiny, capsys):
+    text = tiny.recipe.read_text().replace("device: rpi4", "device: rpi5x")
+    tiny.recipe.write_text(text)
+    code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
+    assert code == 2
+    assert f"{tiny.recipe}:{at(text, 'rpi5x')}: targets.rpi4.device: 'rpi5x' is not a known device " \
+           "(known: android-gpu, cloud-gpu, coral-edgetpu" in err
+    assert not tiny.cache.exists()
+
+
+def test_missing_files_and_impossible_chains_are_recipe_errors(tiny, capsys):
+    text = tiny.recipe.read_text().replace("model/tiny.keras", "model/none.keras")
+    text = text.replace("  calibration: {path: data/calib, count: 8}\n", "")
+    text += "  coral: {device: coral-edgetpu, quantize: {mode: fp16}}\n"
+    tiny.recipe.write_text(text)
+    code, err = run(["all", str(tiny.recipe), *tiny.args()], capsys)
+    assert code == 2
+    assert "source.path: 'model/none.keras' does not exist" in err
+    assert "targets.rpi4.quantize: int8 quantization calibrates on data.calibration" in err
+    assert "targets.coral.quantize: device 'coral-edgetpu' runs integer ops only" in err
+    assert not tiny.cache.exists()
+
+
+def test_invalid_yaml_and_duplicate_keys(tiny, capsys):
+    tiny.recipe.write_text("name: tiny\nname: again\n")
+    code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
+    assert (code, err.strip()) == (2, f"edgebuild: {tiny.recipe}:2:1: duplicate key 'name'")
+    tiny.recipe.write_text("name: [unclosed\n")
+    code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
+    assert code == 2 and "invalid YAML" in err and f"{tiny.recipe}:2:1" in err
+
+
+def test_alias_bomb_is_refused_quickly(tiny, capsys):
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, "
+              f"*a{i-1}, *a{i-1}, *a{i-1}]" for i in range(1, 9)]
+    tiny.recipe.write_text("\n".join(lines) + "\n")
+    code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
+    assert code == 2 and "alias bomb" in err
+
+
+def test_recipe_error_through_the_real_console_script(tiny):
+    tiny.recipe.write_text(BAD)
+    proc = subprocess.run([sys.executable, "-m", "edgebuild", "all", str(tiny.recipe),
+                           *tiny.args()], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert f":{at(BAD, 'layot')}: data.preprocess.layot" in proc.stderr
+    assert not tiny.cache.exists()
+
+
+def test_unknown_target_is_a_usage_error(tiny, capsys):
+    code, err = run(["build", str(tiny.recipe), "--target", "nope", *tiny.args()], capsys)
+    assert code == 2 and "no target named 'nope' (targets: rpi4, pixel)" in err
