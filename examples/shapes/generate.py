@@ -7,7 +7,7 @@ image by image and independent of how many images the other splits hold.
 
 Usage (from the repo root):
     python examples/shapes/generate.py            # writes data/shapes/
-    python examples/shapes/generate.py --train-dir /tmp/shapes_train
+    python examples/shapes/generate.py --with-train   # + data/shapes/train/ (git-ignored)
 """
 
 from __future__ import annotations
@@ -218,8 +218,7 @@ def to_coco(samples: list[Sample], file_names: list[str]) -> dict:
     return {"images": images, "annotations": annotations, "categories": categories()}
 
 
-def write_split(seed: int, split: str, count: int, out_dir: Path, with_json: bool) -> None:
-    image_dir = out_dir / split
+def write_split(seed: int, split: str, count: int, image_dir: Path, json_path: Path | None) -> None:
     image_dir.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(count - 1)))
     samples, names = [], []
@@ -229,9 +228,8 @@ def write_split(seed: int, split: str, count: int, out_dir: Path, with_json: boo
         (image_dir / name).write_bytes(jpeg_bytes(sample.image))
         samples.append(sample)
         names.append(name)
-    if with_json:
-        coco = to_coco(samples, names)
-        (out_dir / f"{split}.json").write_text(json.dumps(coco, indent=1) + "\n")
+    if json_path is not None:
+        json_path.write_text(json.dumps(to_coco(samples, names), indent=1) + "\n")
     print(f"{split}: {count} images -> {image_dir}")
 
 
@@ -241,18 +239,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "shapes")
     parser.add_argument("--calib", type=int, default=DEFAULT_COUNTS["calib"])
     parser.add_argument("--val", type=int, default=DEFAULT_COUNTS["val"])
-    parser.add_argument("--train-dir", type=Path, default=None,
-                        help="also write the train split here (keep it out of git; "
-                             "train.py generates it in memory anyway)")
+    parser.add_argument("--with-train", action="store_true",
+                        help="also write OUT/train/ with OUT/train/train.json (git-ignored; "
+                             "train.py generates this split in memory anyway)")
     parser.add_argument("--train", type=int, default=DEFAULT_COUNTS["train"])
     args = parser.parse_args()
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "labels.txt").write_text("\n".join(CLASSES) + "\n")
-    write_split(args.seed, "calib", args.calib, args.out, with_json=False)
-    write_split(args.seed, "val", args.val, args.out, with_json=True)
-    if args.train_dir is not None:
-        write_split(args.seed, "train", args.train, args.train_dir, with_json=True)
+    write_split(args.seed, "calib", args.calib, args.out / "calib", json_path=None)
+    write_split(args.seed, "val", args.val, args.out / "val", json_path=args.out / "val.json")
+    if args.with_train:
+        # The JSON lives inside the ignored train/ folder so nothing of it gets committed.
+        write_split(args.seed, "train", args.train, args.out / "train", args.out / "train" / "train.json")
 
 
 if __name__ == "__main__":

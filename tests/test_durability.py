@@ -1,0 +1,123 @@
+"""A build survives kill -9, shares its cache with a concurrent build, and gives the
+same bytes wherever and however often it runs."""
+
+from __future__ import annotations
+
+import filecmp
+import hashlib
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from edgebuild.cache import Cache
+
+
+def entry_keys(cache_dir: Path) -> set[str]:
+    return {p.stem for p in (cache_dir / "entries").glob("*/*.json")}
+
+
+def assert_cache_intact(cache_dir: Path) -> None:
+    cache = Cache(cache_dir)
+    for key in entry_keys(cache_dir):
+        entry = cache.entry(key)
+        assert entry is not None, f"entry {key} is torn or names a missing blob"
+        for output in entry.outputs.values():
+            data = cache.blob_path(output.digest).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == output.digest
+    assert not list(cache.blobs.glob("*/*.tmp")), "half-written blob left behind"
+
+
+def same_tree(a: Path, b: Path) -> bool:
+    comparison = filecmp.dircmp(a, b)
+    if comparison.left_only or comparison.right_only or comparison.funny_files:
+        return False
+    _, mismatch, errors = filecmp.cmpfiles(a, b, comparison.common_files, shallow=False)
+    return not mismatch and not errors and all(
+        same_tree(a / d, b / d) for d in comparison.common_dirs)
+
+
+def test_kill_9_mid_build_loses_only_steps_in_flight(tiny):
+    proc = tiny.spawn("all", "-j", "1", start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(entry_keys(tiny.cache)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the build and its worker, mid-step
+    proc.wait()
+    finished = entry_keys(tiny.cache)
+    assert len(finished) >= 2
+    assert_cache_intact(tiny.cache)
+
+    result = tiny.build()
+    assert result["steps"]["failed"] == 0
+    rerun = {s["key"] for s in result["step_list"] if not s["from_cache"]}
+    assert not rerun & finished, "a step that had finished before the kill ran again"
+    assert {s["key"] for s in result["step_list"] if s["from_cache"]} >= finished
+    assert_cache_intact(tiny.cache)
+    assert not any((tiny.cache / "tmp").iterdir()) or all(
+        time.time() - p.stat().st_mtime < 300 for p in (tiny.cache / "tmp").iterdir())
+
+
+def test_two_concurrent_builds_on_one_cache_both_succeed(tiny):
+    first = tiny.spawn("all", "--json")
+    second = tiny.spawn("all", "--json")
+    out1, err1 = first.communicate(timeout=600)
+    out2, err2 = second.communicate(timeout=600)
+    assert first.returncode == 0, err1.decode()[-2000:]
+    assert second.returncode == 0, err2.decode()[-2000:]
+    r1, r2 = json.loads(out1), json.loads(out2)
+    assert {t["status"] for t in [*r1["targets"].values(), *r2["targets"].values()]} == {"ok"}
+    assert_cache_intact(tiny.cache)
+    keys1 = {s["key"] for s in r1["step_list"]}
+    assert keys1 == {s["key"] for s in r2["step_list"]}
+    for target in ("rpi4", "pixel"):
+        manifest = json.loads((tiny.dist / "tiny" / target / "manifest.json").read_text())
+        for name, info in manifest["files"].items():
+            data = (tiny.dist / "tiny" / target / name).read_bytes()
+            assert hashlib.sha256(data).hexdigest() == info["sha256"]
+
+
+def test_bundles_are_byte_identical_across_checkouts_and_caches(built_tiny, tiny):
+    tiny.build()
+    assert tiny.root != built_tiny.root and tiny.cache != built_tiny.cache
+    assert same_tree(built_tiny.dist, tiny.dist)
+    # ... and again after throwing the cache away.
+    Cache(tiny.cache).clear()
+    rebuilt = tiny.build()
+    assert rebuilt["steps"]["executed"] == rebuilt["steps"]["total"]
+    assert same_tree(built_tiny.dist, tiny.dist)
+
+
+def test_manifest_matches_its_schema_and_files(built_tiny):
+    import jsonschema
+
+    from edgebuild.recipe.schema import _validator
+
+    for target in ("rpi4", "pixel"):
+        folder = built_tiny.dist / "tiny" / target
+        manifest = json.loads((folder / "manifest.json").read_text())
+        _validator("manifest").validate(manifest)
+        assert set(manifest["files"]) == {p.name for p in folder.iterdir()} - {"manifest.json"}
+        assert manifest["toolchain"]["tensorflow"]
+        assert "seconds" not in json.dumps(manifest) and "latency" not in json.dumps(manifest)
+    assert jsonschema  # imported for the validator above
+
+
+def test_corrupt_blob_is_detected_on_read_and_evicted(rebuilt):
+    cache = Cache(rebuilt.cache)
+    lock = json.loads(rebuilt.recipe.with_suffix(".lock").read_text())
+    quantize = lock["targets"]["rpi4"]["steps"][1]
+    blob = cache.blob_path(quantize["outputs"]["model"])
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[100] ^= 0x01  # one flipped bit
+    blob.write_bytes(bytes(data))
+    os.remove(rebuilt.dist / "tiny" / "rpi4" / "manifest.json")
+    code, result = rebuilt.run("all")
+    assert code == 1
+    assert "corrupt" in json.dumps(result) or "corrupt" in rebuilt.last_stderr
+    assert not blob.exists()  # evicted, so the next run rebuilds it
+    result = rebuilt.build()
+    rerun = [s["kind"] for s in result["step_list"] if not s["from_cache"]]
+    assert "quantize" in rerun
