@@ -35,9 +35,18 @@ def to_onnx(ctx: StepContext) -> dict:
         tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, output_path=str(out))
     else:
         saved = tfc.saved_model_dir(source, source_format, ctx.outdir.parent)
-        fn = tf.saved_model.load(str(saved)).signatures["serving_default"]
-        spec = tuple(fn.structured_input_signature[1].values())
-        tf2onnx.convert.from_function(fn, input_signature=spec, opset=opset,
+        loaded = tf.saved_model.load(str(saved))  # keep alive: it owns the variables
+        signature = loaded.signatures["serving_default"]
+        names = list(signature.structured_input_signature[1])
+        spec = tuple(signature.structured_input_signature[1][n] for n in names)
+
+        # tf2onnx traces a tf.function; a loaded signature is a concrete function.
+        @tf.function(input_signature=spec)
+        def serve(*args):
+            outputs = signature(**dict(zip(names, args, strict=True)))
+            return [outputs[k] for k in sorted(outputs)]
+
+        tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
                                       output_path=str(out))
     return _check(out)
 
