@@ -98,7 +98,9 @@ class Resolver:
     def state(self, node: Node) -> StepState:
         doc = self.doc(node)
         if doc is None:
-            ups = [self.graph.nodes[u] for u in node.upstream() if self.entry_of(u) is None]
+            waiting = [u for u in dict.fromkeys(node.edges()) if self.entry_of(u) is None] or \
+                [u for u in dict.fromkeys(node.chain) if self.entry_of(u) is None]
+            ups = [self.graph.nodes[u] for u in waiting]
             reasons = [Reason("upstream", f"input from {u.label} is not built yet") for u in ups]
             return StepState(node, None, None, None, reasons)
         key = key_of(doc)

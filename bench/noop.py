@@ -1,0 +1,160 @@
+"""Start-up and no-op benchmarks, each against `python -c "import doit"` in the same run.
+
+    python bench/noop.py [--runs 15] [--skip-1gb]
+
+Measures (median and p90 of wall time, peak RSS):
+  - python -c "import doit"                   the yardstick
+  - edgebuild --help
+  - no-op edgebuild all recipes/detector.yaml (built first if needed)
+  - no-op on a generated recipe with 100 targets
+  - the first no-op after touching, without changing, a 1 GB input, and the one after
+
+Builds go to a temporary cache and dist, so the repository's own are not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EDGEBUILD = [sys.executable, "-m", "edgebuild"]
+DEVICES = ["rpi4", "android-gpu", "coral-edgetpu", "mcu", "x86-cpu"]
+
+
+def timed(cmd: list[str], cwd: Path = REPO) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    return elapsed, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+
+
+def measure(name: str, cmd: list[str], runs: int, cwd: Path = REPO) -> dict:
+    timed(cmd, cwd)  # warm the file-system cache
+    samples = [timed(cmd, cwd) for _ in range(runs)]
+    times = sorted(s for s, _ in samples)
+    return {"name": name, "median_s": statistics.median(times),
+            "p90_s": times[min(len(times) - 1, int(0.9 * len(times)))],
+            "peak_rss_mb": max(r for _, r in samples) / 1024, "runs": runs}
+
+
+def hundred_target_recipe(folder: Path) -> Path:
+    """The detector, for 100 targets cycling over five devices. Validation is off so
+    the first build stays short; the no-op still plans and checks all 100 chains."""
+    lines = ["name: hundred", f"source: {{path: {REPO / 'models/detector.keras'}}}",
+             "task: detection", "data:",
+             "  preprocess: {resize: [128, 128], scale: 0.00392156862745098}",
+             f"  calibration: {{path: {REPO / 'data/shapes/calib'}, count: 20}}", "targets:"]
+    for i in range(100):
+        device = DEVICES[i % len(DEVICES)]
+        extra = ", format: onnx, quantize: false" if device == "x86-cpu" else ""
+        lines.append(f"  t{i:03d}: {{device: {device}, validate: false{extra}}}")
+    recipe = folder / "hundred.yaml"
+    recipe.write_text("\n".join(lines) + "\n")
+    return recipe
+
+
+def big_input_recipe(folder: Path, gigabytes: float) -> Path:
+    """A recipe whose calibration set is a ~1 GB .npz (stored, not compressed)."""
+    import zipfile
+
+    import numpy as np
+
+    count = int(gigabytes * 1e9 // (128 * 128 * 3))
+    x = np.lib.format.open_memmap(folder / "x.npy", mode="w+", dtype=np.uint8,
+                                  shape=(count, 128, 128, 3))
+    x[:] = 127
+    x.flush()
+    del x
+    with zipfile.ZipFile(folder / "calib.npz", "w", zipfile.ZIP_STORED) as archive:
+        archive.write(folder / "x.npy", "x.npy")
+    (folder / "x.npy").unlink()
+    recipe = folder / "big.yaml"
+    recipe.write_text(f"""name: big
+source: {{path: {REPO / 'models/detector.keras'}}}
+task: detection
+data:
+  preprocess: {{resize: [128, 128], scale: 0.00392156862745098}}
+  calibration: {{path: calib.npz, count: 10}}
+targets:
+  pi: {{device: rpi4, validate: false}}
+""")
+    return recipe
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--skip-1gb", action="store_true")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="edgebuild-bench-"))
+    where = ["--cache-dir", str(work / "cache"), "--dist", str(work / "dist"), "-q"]
+    results = []
+    try:
+        results.append(measure('python -c "import doit"', [sys.executable, "-c", "import doit"],
+                               args.runs))
+        results.append(measure("edgebuild --help", [*EDGEBUILD, "--help"], args.runs))
+
+        detector = REPO / "recipes" / "detector.yaml"
+        build = time.perf_counter()
+        subprocess.run([*EDGEBUILD, "all", str(detector), *where, "-j", "2"], check=True,
+                       capture_output=True)
+        print(f"(detector built or checked in {time.perf_counter() - build:.1f}s)")
+        results.append(measure("no-op all recipes/detector.yaml",
+                               [*EDGEBUILD, "all", str(detector), *where], args.runs))
+
+        hundred = hundred_target_recipe(work)
+        build = time.perf_counter()
+        subprocess.run([*EDGEBUILD, "all", str(hundred), *where, "-j", "2"], check=True,
+                       capture_output=True)
+        print(f"(100-target recipe built in {time.perf_counter() - build:.1f}s)")
+        results.append(measure("no-op all, 100 targets",
+                               [*EDGEBUILD, "all", str(hundred), *where], args.runs))
+
+        if not args.skip_1gb:
+            big = big_input_recipe(work, 1.0)
+            subprocess.run([*EDGEBUILD, "all", str(big), *where], check=True, capture_output=True)
+            data = work / "calib.npz"
+            first, after = [], []
+            for _ in range(3):
+                stat = data.stat()
+                os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+                first.append(timed([*EDGEBUILD, "all", str(big), *where])[0])
+                after.append(timed([*EDGEBUILD, "all", str(big), *where])[0])
+            size = data.stat().st_size / 1e9
+            results.append({"name": f"first no-op after touching a {size:.2f} GB input",
+                            "median_s": statistics.median(first), "p90_s": max(first),
+                            "runs": 3})
+            results.append({"name": "the no-op after that", "median_s": statistics.median(after),
+                            "p90_s": max(after), "runs": 3})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    base = results[0]["median_s"]
+    print(f"\n{'benchmark':<48} {'median':>9} {'p90':>9} {'x doit':>7} {'peak RSS':>9}")
+    for r in results:
+        rss = f"{r['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in r else ""
+        print(f"{r['name']:<48} {r['median_s'] * 1000:>7.0f}ms {r['p90_s'] * 1000:>7.0f}ms "
+              f"{r['median_s'] / base:>6.2f}x {rss:>9}")
+    detector_noop = next(r for r in results if r["name"].startswith("no-op all recipes"))
+    hundred_noop = next(r for r in results if "100 targets" in r["name"])
+    print(f"\n100-target no-op / detector no-op: "
+          f"{hundred_noop['median_s'] / detector_noop['median_s']:.2f}x")
+    print(json.dumps(results), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
