@@ -32,7 +32,8 @@ def load_samples(path: Path, params: dict) -> np.ndarray:
     else:
         files = image_files(path)[:count]
         if not files:
-            raise StepError(f"{path}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
+            kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+            raise StepError(f"{path}: no images found (expected {kinds})")
         images = [_read(f, pre) for f in files]
     return np.stack([_normalize(img, pre) for img in images])
 

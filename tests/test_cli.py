@@ -47,8 +47,8 @@ def test_build_one_target_leaves_the_others_alone(tiny):
 def test_gc_drops_only_unreferenced_entries(tiny):
     rebuilt = tiny  # its own cache: no other project's lock file roots entries in it
     rebuilt.build()
-    text = rebuilt.recipe.read_text().replace("pixel: {device: android-gpu}",
-                                              "pixel: {device: android-gpu, quantize: {mode: dynamic}}")
+    text = rebuilt.recipe.read_text().replace(
+        "pixel: {device: android-gpu}", "pixel: {device: android-gpu, quantize: {mode: dynamic}}")
     rebuilt.recipe.write_text(text)
     rebuilt.build()  # the fp16 chain of pixel is now unreferenced
     code, dry = rebuilt.run("gc", "--dry-run")

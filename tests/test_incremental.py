@@ -45,8 +45,8 @@ def test_unchanged_recipe_plans_all_cached_and_rebuilds_nothing(rebuilt):
 
 
 def test_changing_one_targets_parameter_reruns_only_that_target(rebuilt):
-    text = rebuilt.recipe.read_text().replace("pixel: {device: android-gpu}",
-                                              "pixel: {device: android-gpu, quantize: {mode: dynamic}}")
+    text = rebuilt.recipe.read_text().replace(
+        "pixel: {device: android-gpu}", "pixel: {device: android-gpu, quantize: {mode: dynamic}}")
     rebuilt.recipe.write_text(text)
     code, plan = rebuilt.run("plan")
     to_run = [s for s in plan["step_list"] if s["status"] == "run"]

@@ -34,9 +34,10 @@ def test_noop_build_imports_no_toolchain(rebuilt):
 
 
 def test_plan_and_help_import_no_toolchain(rebuilt):
-    probe, result = run_probe(rebuilt, "plan")
+    probe, plan = run_probe(rebuilt, "plan")
+    assert {s["status"] for s in plan["step_list"]} == {"cached"}
     assert probe == {"code": 0, "heavy": []}
-    proc = subprocess.run([sys.executable, "-c", "import sys; from edgebuild.cli import _parser;"
-                           "_parser(); print(sorted(m for m in %r if m in sys.modules))" % (HEAVY,)],
-                          capture_output=True, text=True)
+    code = ("import sys; from edgebuild.cli import _parser; _parser(); "
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.stdout.strip() == "[]"

@@ -55,8 +55,8 @@ def test_unknown_device_lists_the_known_ones(tiny, capsys):
     tiny.recipe.write_text(text)
     code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
     assert code == 2
-    assert f"{tiny.recipe}:{at(text, 'rpi5x')}: targets.rpi4.device: 'rpi5x' is not a known device " \
-           "(known: android-gpu, cloud-gpu, coral-edgetpu" in err
+    assert f"{tiny.recipe}:{at(text, 'rpi5x')}: targets.rpi4.device: 'rpi5x' is not a known " \
+           "device (known: android-gpu, cloud-gpu, coral-edgetpu" in err
     assert not tiny.cache.exists()
 
 

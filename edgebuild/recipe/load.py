@@ -14,7 +14,15 @@ from edgebuild.catalog import catalog_text, load_catalog
 from edgebuild.errors import Problem, RecipeError
 from edgebuild.recipe import yamlpos
 from edgebuild.recipe.model import (
-    OPTIONAL_SLOTS, SLOTS, Dataset, Device, Preprocess, Recipe, Source, Target)
+    OPTIONAL_SLOTS,
+    SLOTS,
+    Dataset,
+    Device,
+    Preprocess,
+    Recipe,
+    Source,
+    Target,
+)
 from edgebuild.steps.params import SLOT_PARAMS, Budget
 
 # Step slots that this version can run, per artifact format. A slot outside this
@@ -45,7 +53,8 @@ def load_recipe(path: str | Path, memo: ValidationMemo | None = None) -> Recipe:
     except FileNotFoundError:
         raise RecipeError([Problem(display, None, None, "", "no such recipe file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError([Problem(display, None, None, "", f"cannot read recipe: {exc}")]) from None
+        problem = Problem(display, None, None, "", f"cannot read recipe: {exc}")
+        raise RecipeError([problem]) from None
     try:
         doc = yamlpos.load(text)
     except yamlpos.YamlError as exc:

@@ -51,7 +51,8 @@ class Located:
 
 def load(text: str) -> Located:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
-        raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; recipes are small text files")
+        raise YamlError(f"file is larger than {MAX_BYTES // 1024} KiB; "
+                        "recipes are small text files")
     try:
         root = yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:

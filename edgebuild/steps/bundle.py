@@ -51,7 +51,8 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
     artifact = {"file": artifact_name, "format": ctx.device["format"],
                 "precision": params["precision"]}
     if deferred:
-        artifact["deferred"] = f"{deferred['kind']} runs on the device: see the script in this bundle"
+        artifact["deferred"] = (f"{deferred['kind']} runs on the device: "
+                                "see the script in this bundle")
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "recipe": {"name": params["recipe"], "task": params["task"],
