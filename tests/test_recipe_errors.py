@@ -104,3 +104,21 @@ def test_recipe_error_through_the_real_console_script(tiny):
 def test_unknown_target_is_a_usage_error(tiny, capsys):
     code, err = run(["build", str(tiny.recipe), "--target", "nope", *tiny.args()], capsys)
     assert code == 2 and "no target named 'nope' (targets: rpi4, pixel)" in err
+
+
+def test_recipe_defined_devices_extend_the_catalog(tiny, capsys):
+    tiny.recipe.write_text(tiny.recipe.read_text().replace("targets:\n", """\
+devices:
+  my-board: {extends: rpi4, description: A55 board, steps: {quantize: {mode: dynamic}}}
+  ghost: {extends: nope}
+targets:
+  board: {device: my-board}
+"""))
+    code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
+    assert code == 2 and "devices.ghost.extends: 'nope' is not a known device" in err
+    tiny.recipe.write_text(tiny.recipe.read_text().replace("  ghost: {extends: nope}\n", ""))
+    code, plan = tiny.run("plan")
+    assert code == 0
+    labels = {s["label"]: s["targets"] for s in plan["step_list"]}
+    assert labels["quantize.tflite[dynamic]"] == ["board"]
+    assert labels["quantize.tflite[int8]"] == ["rpi4"]
