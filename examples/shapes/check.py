@@ -19,13 +19,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-
 from coco_eval import coco_map, load_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +36,7 @@ def representative_dataset(calib_dir: Path) -> Callable[[], object]:
     def generator():
         for path in paths:
             yield [load_image(path)[None]]
+
     return generator
 
 
@@ -74,6 +74,7 @@ def tflite_predict_fn(model_bytes: bytes) -> Callable[[np.ndarray], np.ndarray]:
                 y = (y.astype(np.float32) - zero) * scale
             outputs.append(y[0])
         return np.stack(outputs)
+
     return predict
 
 
@@ -82,10 +83,14 @@ def check_onnx(model: keras.Model, images: np.ndarray, path: Path) -> float:
     import tf2onnx
 
     spec = (tf.TensorSpec((None, 128, 128, 3), tf.float32, name="image"),)
-    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=17, output_path=str(path))
+    proto, _ = tf2onnx.convert.from_keras(
+        model, input_signature=spec, opset=17, output_path=str(path)
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    print(f"ONNX inputs {[i.name for i in session.get_inputs()]}, "
-          f"outputs {[(o.name, o.shape) for o in session.get_outputs()]}")
+    print(
+        f"ONNX inputs {[i.name for i in session.get_inputs()]}, "
+        f"outputs {[(o.name, o.shape) for o in session.get_outputs()]}"
+    )
     onnx_out = session.run(None, {session.get_inputs()[0].name: images})[0]
     return float(np.abs(onnx_out - model.predict(images, verbose=0)).max())
 
@@ -96,25 +101,35 @@ def check_tfmot(model: keras.Model) -> None:
     pruned = tfmot.sparsity.keras.prune_low_magnitude(model)
     print(f"prune_low_magnitude OK ({len(pruned.layers)} layers)")
     clustered = tfmot.clustering.keras.cluster_weights(
-        model, number_of_clusters=16,
-        cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS)
+        model,
+        number_of_clusters=16,
+        cluster_centroids_init=tfmot.clustering.keras.CentroidInitialization.KMEANS_PLUS_PLUS,
+    )
     print(f"cluster_weights OK ({len(clustered.layers)} layers)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=REPO_ROOT / "models" / "detector.keras")
     parser.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "shapes")
-    parser.add_argument("--out-dir", type=Path, default=None,
-                        help="keep the .tflite/.onnx files here (default: a temp dir)")
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="keep the .tflite/.onnx files here (default: a temp dir)",
+    )
     args = parser.parse_args()
     out_dir = args.out_dir or Path(tempfile.mkdtemp(prefix="shapes_check_"))
     out_dir.mkdir(parents=True, exist_ok=True)
     val_json, val_dir = args.data / "val.json", args.data / "val"
 
     model = keras.models.load_model(args.model)  # (a)
-    print(f"(a) loaded {args.model}: input {model.input.name} {model.input.shape}, "
-          f"output {model.output.name} {model.output.shape}, {model.count_params():,} params")
+    print(
+        f"(a) loaded {args.model}: input {model.input.name} {model.input.shape}, "
+        f"output {model.output.name} {model.output.shape}, {model.count_params():,} params"
+    )
     results = {"keras": coco_map(lambda x: model.predict(x, verbose=0), val_json, val_dir)}
 
     for name, calib in (("tflite_float32", None), ("tflite_int8", args.data / "calib")):  # (b)
@@ -130,7 +145,9 @@ def main() -> None:
 
     print(f"artefacts in {out_dir}")
     for name, metrics in results.items():
-        print(f"{name:15s} mAP@0.5 = {metrics['map50']:.3f}  mAP@0.5:0.95 = {metrics['map50_95']:.3f}")
+        print(
+            f"{name:15s} mAP@0.5 = {metrics['map50']:.3f}  mAP@0.5:0.95 = {metrics['map50_95']:.3f}"
+        )
 
 
 if __name__ == "__main__":

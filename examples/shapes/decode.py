@@ -46,8 +46,13 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def _decode_one(grid: np.ndarray, image_size: tuple[int, int], score_threshold: float,
-                iou_threshold: float, max_detections: int) -> list[Detection]:
+def _decode_one(
+    grid: np.ndarray,
+    image_size: tuple[int, int],
+    score_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+) -> list[Detection]:
     rows, cols = grid.shape[:2]
     height, width = image_size
     class_probs = softmax(grid[..., 5:])
@@ -68,15 +73,20 @@ def _decode_one(grid: np.ndarray, image_size: tuple[int, int], score_threshold: 
     for class_id in np.unique(class_ids):  # per-class NMS
         idx = np.flatnonzero(class_ids == class_id)
         for k in idx[nms(boxes[idx], scores[idx], iou_threshold)]:
-            detections.append({"box": boxes[k].tolist(), "score": float(scores[k]),
-                               "class_id": int(class_id)})
+            detections.append(
+                {"box": boxes[k].tolist(), "score": float(scores[k]), "class_id": int(class_id)}
+            )
     detections.sort(key=lambda d: -d["score"])
     return detections[:max_detections]
 
 
-def decode_grid(grid: np.ndarray, image_size: tuple[int, int] = (128, 128),
-                score_threshold: float = 0.05, iou_threshold: float = 0.5,
-                max_detections: int = 100) -> list[list[Detection]]:
+def decode_grid(
+    grid: np.ndarray,
+    image_size: tuple[int, int] = (128, 128),
+    score_threshold: float = 0.05,
+    iou_threshold: float = 0.5,
+    max_detections: int = 100,
+) -> list[list[Detection]]:
     """Turn (N, S, S, 5 + C) logits (or one (S, S, 5 + C) map) into per-image detections.
 
     image_size is (height, width) of the image the boxes should be expressed in.
@@ -84,4 +94,6 @@ def decode_grid(grid: np.ndarray, image_size: tuple[int, int] = (128, 128),
     grid = np.asarray(grid, dtype=np.float32)
     if grid.ndim == 3:
         grid = grid[None]
-    return [_decode_one(g, image_size, score_threshold, iou_threshold, max_detections) for g in grid]
+    return [
+        _decode_one(g, image_size, score_threshold, iou_threshold, max_detections) for g in grid
+    ]

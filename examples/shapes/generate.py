@@ -104,16 +104,22 @@ def make_background(rng: np.random.Generator) -> np.ndarray:
 
 
 # -------------------------------------------------------------------- shapes
-def _polygon(centre: tuple[float, float], radius: float, sides: int, angle: float) -> list[tuple[float, float]]:
+def _polygon(
+    centre: tuple[float, float], radius: float, sides: int, angle: float
+) -> list[tuple[float, float]]:
     cx, cy = centre
     return [
-        (cx + radius * math.cos(angle + 2 * math.pi * k / sides),
-         cy + radius * math.sin(angle + 2 * math.pi * k / sides))
+        (
+            cx + radius * math.cos(angle + 2 * math.pi * k / sides),
+            cy + radius * math.sin(angle + 2 * math.pi * k / sides),
+        )
         for k in range(sides)
     ]
 
 
-def _shape_outline(rng: np.random.Generator, category: str, size: float) -> list[tuple[float, float]]:
+def _shape_outline(
+    rng: np.random.Generator, category: str, size: float
+) -> list[tuple[float, float]]:
     """Vertices around the origin, scaled so the longer bounding-box side equals size.
 
     Circles are returned as a 4-point stand-in (their bounding square) and drawn as
@@ -133,7 +139,7 @@ def _shape_outline(rng: np.random.Generator, category: str, size: float) -> list
 
 
 def _bbox(points: list[tuple[float, float]]) -> tuple[float, float, float, float]:
-    xs, ys = zip(*points)
+    xs, ys = zip(*points, strict=True)
     return min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
 
 
@@ -177,7 +183,9 @@ def make_sample(seed: int, split: str, index: int) -> Sample:
             # One object per grid cell (the detector's assignment rule) and little occlusion.
             if cell in used_cells or any(_overlap(box, other) > 0.25 for other in boxes):
                 continue
-            region = background[int(box[1]):int(box[1] + h) + 1, int(box[0]):int(box[0] + w) + 1]
+            region = background[
+                int(box[1]) : int(box[1] + h) + 1, int(box[0]) : int(box[0] + w) + 1
+            ]
             colour = _contrasting_colour(rng, region)
             if CLASSES[category] == "circle":
                 draw.ellipse((box[0], box[1], box[0] + w, box[1] + h), fill=colour)
@@ -208,13 +216,21 @@ def categories() -> list[dict]:
 
 def to_coco(samples: list[Sample], file_names: list[str]) -> dict:
     images, annotations = [], []
-    for image_id, (sample, file_name) in enumerate(zip(samples, file_names), start=1):
-        images.append({"id": image_id, "file_name": file_name, "width": IMAGE_SIZE, "height": IMAGE_SIZE})
-        for box, category_id in zip(sample.boxes, sample.category_ids):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id, "category_id": category_id,
-                "bbox": list(box), "area": round(box[2] * box[3], 2), "iscrowd": 0,
-            })
+    for image_id, (sample, file_name) in enumerate(zip(samples, file_names, strict=True), start=1):
+        images.append(
+            {"id": image_id, "file_name": file_name, "width": IMAGE_SIZE, "height": IMAGE_SIZE}
+        )
+        for box, category_id in zip(sample.boxes, sample.category_ids, strict=True):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": category_id,
+                    "bbox": list(box),
+                    "area": round(box[2] * box[3], 2),
+                    "iscrowd": 0,
+                }
+            )
     return {"images": images, "annotations": annotations, "categories": categories()}
 
 
@@ -234,14 +250,19 @@ def write_split(seed: int, split: str, count: int, image_dir: Path, json_path: P
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "data" / "shapes")
     parser.add_argument("--calib", type=int, default=DEFAULT_COUNTS["calib"])
     parser.add_argument("--val", type=int, default=DEFAULT_COUNTS["val"])
-    parser.add_argument("--with-train", action="store_true",
-                        help="also write OUT/train/ with OUT/train/train.json (git-ignored; "
-                             "train.py generates this split in memory anyway)")
+    parser.add_argument(
+        "--with-train",
+        action="store_true",
+        help="also write OUT/train/ with OUT/train/train.json (git-ignored; "
+        "train.py generates this split in memory anyway)",
+    )
     parser.add_argument("--train", type=int, default=DEFAULT_COUNTS["train"])
     args = parser.parse_args()
 
@@ -251,7 +272,9 @@ def main() -> None:
     write_split(args.seed, "val", args.val, args.out / "val", json_path=args.out / "val.json")
     if args.with_train:
         # The JSON lives inside the ignored train/ folder so nothing of it gets committed.
-        write_split(args.seed, "train", args.train, args.out / "train", args.out / "train" / "train.json")
+        write_split(
+            args.seed, "train", args.train, args.out / "train", args.out / "train" / "train.json"
+        )
 
 
 if __name__ == "__main__":

@@ -19,13 +19,14 @@ os.environ["TF_USE_LEGACY_KERAS"] = "1"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse
+import json
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
-
 from coco_eval import coco_map
 from generate import CLASSES, IMAGE_SIZE, jpeg_roundtrip, make_sample
 
@@ -38,7 +39,9 @@ BOX_WEIGHT = 5.0  # box terms are small BCEs on soft targets; upweight to balanc
 
 # --------------------------------------------------------------------- model
 def conv_bn(x: tf.Tensor, filters: int, name: str, kernel: int = 3, strides: int = 1) -> tf.Tensor:
-    x = keras.layers.Conv2D(filters, kernel, strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.Conv2D(
+        filters, kernel, strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
     x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
     # ReLU6 keeps activations bounded, which int8 quantization likes.
     return keras.layers.ReLU(6.0, name=f"{name}_relu")(x)
@@ -55,12 +58,12 @@ def separable_block(x: tf.Tensor, name: str) -> tf.Tensor:
 
 def build_model(num_classes: int = NUM_CLASSES) -> keras.Model:
     image = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
-    x = conv_bn(image, 16, "stem", strides=2)          # 64x64
-    x = conv_bn(x, 32, "down1", strides=2)             # 32x32
+    x = conv_bn(image, 16, "stem", strides=2)  # 64x64
+    x = conv_bn(x, 32, "down1", strides=2)  # 32x32
     x = separable_block(x, "block1")
-    x = conv_bn(x, 64, "down2", strides=2)             # 16x16
+    x = conv_bn(x, 64, "down2", strides=2)  # 16x16
     x = separable_block(x, "block2")
-    x = conv_bn(x, 128, "down3", strides=2)            # 8x8
+    x = conv_bn(x, 128, "down3", strides=2)  # 8x8
     x = separable_block(x, "block3")
     x = separable_block(x, "block4")
     x = conv_bn(x, 128, "head")
@@ -72,7 +75,7 @@ def build_model(num_classes: int = NUM_CLASSES) -> keras.Model:
 def encode_targets(boxes: list[tuple[float, ...]], category_ids: list[int]) -> np.ndarray:
     """Grid target: objectness, centre offsets, w/h fractions, one-hot class."""
     target = np.zeros((GRID, GRID, 5 + NUM_CLASSES), np.float32)
-    for (x, y, w, h), category_id in zip(boxes, category_ids):
+    for (x, y, w, h), category_id in zip(boxes, category_ids, strict=True):
         cx, cy = (x + w / 2) / STRIDE, (y + h / 2) / STRIDE
         col, row = min(int(cx), GRID - 1), min(int(cy), GRID - 1)
         target[row, col, :5] = (1.0, cx - col, cy - row, w / IMAGE_SIZE, h / IMAGE_SIZE)
@@ -111,18 +114,25 @@ def augment(image: tf.Tensor, target: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Te
         swapped = tf.gather(t, [0, 2, 1, 4, 3] + list(range(5, 5 + NUM_CLASSES)), axis=-1)
         return tf.transpose(i, (1, 0, 2)), swapped
 
-    for coin, fn in zip(tf.unstack(coins), (flip_x, flip_y, transpose)):
-        image, target = tf.cond(coin, lambda: fn(image, target), lambda: (image, target))
+    for coin, fn in zip(tf.unstack(coins), (flip_x, flip_y, transpose), strict=True):
+        flipped = fn(image, target)  # cheap views; tf.where keeps the graph branch-free
+        image = tf.where(coin, flipped[0], image)
+        target = tf.where(coin, flipped[1], target)
     return image, target
 
 
-def make_dataset(images: np.ndarray, targets: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
+def make_dataset(
+    images: np.ndarray, targets: np.ndarray, batch_size: int, seed: int
+) -> tf.data.Dataset:
     data = tf.data.Dataset.from_tensor_slices((images, targets))
     data = data.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     # A seeded random stream gives each example its own stateless augmentation seed.
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    data = tf.data.Dataset.zip((data, seeds)).map(lambda xy, s: augment(xy[0], xy[1], s),
-                                                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    data = tf.data.Dataset.zip((data, seeds)).map(
+        lambda xy, s: augment(xy[0], xy[1], s),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     return data.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
@@ -138,14 +148,40 @@ def detection_loss(y_true: tf.Tensor, y_pred: tf.Tensor) -> tf.Tensor:
     bce = tf.nn.sigmoid_cross_entropy_with_logits
     obj = tf.reduce_sum(bce(labels=positive, logits=y_pred[..., 0]))
     box = tf.reduce_sum(positive[..., None] * bce(labels=y_true[..., 1:5], logits=y_pred[..., 1:5]))
-    cls = tf.reduce_sum(positive * tf.nn.softmax_cross_entropy_with_logits(
-        labels=y_true[..., 5:], logits=y_pred[..., 5:]))
+    cls = tf.reduce_sum(
+        positive
+        * tf.nn.softmax_cross_entropy_with_logits(labels=y_true[..., 5:], logits=y_pred[..., 5:])
+    )
     return (obj + BOX_WEIGHT * box + cls) / num_pos
+
+
+# ---------------------------------------------------------------------- save
+def save_reproducibly(model: keras.Model, path: Path) -> None:
+    """model.save(), then drop the save date and zip timestamps from the archive.
+
+    Same seeds give the same weights, and this makes the file byte-identical too,
+    so content-addressed caches (edgebuild's) see no change after a retrain.
+    """
+    model.save(path)
+    with zipfile.ZipFile(path) as archive:
+        entries = [(info, archive.read(info)) for info in archive.infolist()]
+    with zipfile.ZipFile(path, "w") as archive:
+        for info, data in entries:
+            if info.filename == "metadata.json":  # never read back by load_model
+                metadata = json.loads(data)
+                metadata.pop("date_saved", None)
+                data = json.dumps(metadata).encode()
+            fixed = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            fixed.compress_type = info.compress_type
+            fixed.external_attr = 0o644 << 16
+            archive.writestr(fixed, data)
 
 
 # ---------------------------------------------------------------------- main
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (as generate.py)")
     parser.add_argument("--train-seed", type=int, default=0, help="weights/shuffle seed")
     parser.add_argument("--train-images", type=int, default=3000)
@@ -166,24 +202,34 @@ def main() -> None:
     model = build_model()
     steps = args.epochs * (len(images) // args.batch_size)
     warmup = min(200, steps // 10)  # short warmup: BN statistics are wild in the first steps
-    schedule = keras.optimizers.schedules.CosineDecay(0.0, steps - warmup, warmup_target=args.lr,
-                                                      warmup_steps=warmup)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, steps - warmup, warmup_target=args.lr, warmup_steps=warmup
+    )
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss=detection_loss)
     print(f"params: {model.count_params():,}")
     fit_start = time.perf_counter()
-    model.fit(make_dataset(images, targets, args.batch_size, args.train_seed),
-              epochs=args.epochs, verbose=2)
-    print(f"training (fit) took {time.perf_counter() - fit_start:.1f}s, "
-          f"total so far {time.perf_counter() - start:.1f}s")
+    model.fit(
+        make_dataset(images, targets, args.batch_size, args.train_seed),
+        epochs=args.epochs,
+        verbose=2,
+    )
+    print(
+        f"training (fit) took {time.perf_counter() - fit_start:.1f}s, "
+        f"total so far {time.perf_counter() - start:.1f}s"
+    )
 
     # Save an uncompiled view of the same layers: it loads without custom objects.
     export = keras.Model(model.input, model.output, name=model.name)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    export.save(args.out)
+    save_reproducibly(export, args.out)
     print(f"saved {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")
 
-    metrics = coco_map(lambda x: export.predict(x, verbose=0), args.data / "val.json",
-                       args.data / "val", verbose=True)
+    metrics = coco_map(
+        lambda x: export.predict(x, verbose=0),
+        args.data / "val.json",
+        args.data / "val",
+        verbose=True,
+    )
     print(f"val mAP@0.5 = {metrics['map50']:.3f}  mAP@0.5:0.95 = {metrics['map50_95']:.3f}")
     print(f"wall-clock total: {time.perf_counter() - start:.1f}s")
 
