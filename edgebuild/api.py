@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgebuild.cache import Cache, RecipeMemo
+from edgebuild.cache import Cache, CorruptBlob, RecipeMemo
 from edgebuild.chain import compile_recipe
 from edgebuild.console import Console
 from edgebuild.errors import UsageError
@@ -165,7 +165,12 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
             targets[target] = {"status": "failed", "failed_steps": failed, "bundle": None}
             continue
         dest = project.bundle_dir(settings, target)
-        publish(project.cache, bundle_entry.outputs["bundle"], dest)
+        try:
+            publish(project.cache, bundle_entry.outputs["bundle"], dest)
+        except CorruptBlob as exc:
+            targets[target] = {"status": "failed", "failed_steps": ["bundle"], "bundle": None,
+                               "message": str(exc)}
+            continue
         deferred = any(s.status == "deferred" for s in chain_steps)
         targets[target] = {"status": "deferred" if deferred else "ok", "bundle": str(dest)}
         records[target] = _lock_record(project, target, chain)

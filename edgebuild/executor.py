@@ -47,9 +47,10 @@ class Executor:
         self.console.step_started(label, node.targets)
         try:
             entry = self._build(node)
-        except BuildError as exc:
-            self.outcomes[node.id] = Outcome("failed", str(exc))
-            self.console.step_failed(label, str(exc))
+        except (BuildError, OSError) as exc:  # OSError: e.g. a full disk while committing
+            message = str(exc) if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
+            self.outcomes[node.id] = Outcome("failed", message)
+            self.console.step_failed(label, message)
             return False
         self.outcomes[node.id] = Outcome(entry.status)
         self.console.step_finished(label, entry.status)
