@@ -1,0 +1,42 @@
+"""The shipped example builds for real: recipes/detector.yaml, six targets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+from conftest import REPO, Project
+
+
+def test_detector_recipe_builds_one_bundle_per_target(tmp_path):
+    # Build a copy so the repository's own lock file, cache and dist stay untouched.
+    (tmp_path / "recipes").mkdir()
+    shutil.copy(REPO / "recipes" / "detector.yaml", tmp_path / "recipes")
+    for folder in ("models", "data"):
+        (tmp_path / folder).symlink_to(REPO / folder)
+    project = Project(tmp_path, "recipes/detector.yaml")
+    result = project.build()
+
+    devices = {name: json.loads((project.dist / "detector" / name / "manifest.json").read_text())
+               ["device"]["name"] for name in result["targets"]}
+    assert devices == {"rpi4": "rpi4", "pixel": "android-gpu", "coral": "coral-edgetpu",
+                       "x86": "x86-cpu", "jetson": "jetson-orin", "server": "cloud-gpu"}
+    assert {name: t["status"] for name, t in result["targets"].items()} == {
+        "rpi4": "ok", "pixel": "ok", "coral": "deferred", "x86": "ok", "jetson": "deferred",
+        "server": "ok"}
+
+    from ai_edge_litert.interpreter import Interpreter
+
+    coral = Interpreter(model_path=str(project.dist / "detector" / "coral" / "model.tflite"))
+    assert coral.get_input_details()[0]["dtype"] == np.int8  # int8 I/O for the Edge TPU
+    assert coral.get_output_details()[0]["dtype"] == np.int8
+    assert (project.dist / "detector" / "coral" / "compile_edgetpu.sh").exists()
+    assert (project.dist / "detector" / "rpi4" / "labels.txt").read_text().split() == [
+        "circle", "square", "triangle"]
+    sizes = {name: (project.dist / "detector" / name / "model.tflite").stat().st_size
+             for name in ("rpi4", "pixel")}
+    assert sizes["rpi4"] < sizes["pixel"] / 1.5  # int8 weights against fp16 weights
+
+    again = project.build()
+    assert again["steps"]["executed"] == 0
