@@ -106,8 +106,10 @@ class Executor:
         job_path = work / "job.json"
         job_path.write_text(json.dumps(job))
         # tf.keras must mean tf_keras (Keras 2), which tfmot and the converter expect.
+        # A fixed hash seed: converters iterate over sets (tf2onnx shares constants in
+        # set order), so output bytes would otherwise change from process to process.
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-               "TF_USE_LEGACY_KERAS": "1"}
+               "TF_USE_LEGACY_KERAS": "1", "PYTHONHASHSEED": "0"}
         with open(work / "step.log", "wb") as log:
             proc = subprocess.Popen([sys.executable, "-m", "edgebuild.worker", str(job_path)],
                                     stdout=subprocess.PIPE, stderr=log, env=env, cwd=work)

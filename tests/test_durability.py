@@ -123,3 +123,35 @@ def test_corrupt_blob_is_detected_on_read_and_evicted(rebuilt):
     result = rebuilt.build()
     rerun = [s["kind"] for s in result["step_list"] if not s["from_cache"]]
     assert "quantize" in rerun
+
+
+ONNX_RECIPE = """\
+name: relu6
+source: {path: relu6.keras}
+task: classification
+targets:
+  x86: {device: x86-cpu, format: onnx, quantize: false, validate: false}
+"""
+
+
+def test_onnx_conversion_gives_the_same_bytes_every_time(tmp_path):
+    """tf2onnx's duplicate-merging pass picked survivors in a run-dependent order;
+    ReLU6 layers (Clip with shared min/max constants) showed it."""
+    import tf_keras as keras
+
+    from conftest import Project
+
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Input((16, 16, 3))]
+    for _ in range(4):
+        layers += [keras.layers.Conv2D(4, 3, padding="same"), keras.layers.ReLU(6.0)]
+    keras.Sequential(layers).save(tmp_path / "relu6.keras")
+    (tmp_path / "relu6.yaml").write_text(ONNX_RECIPE)
+    digests = set()
+    for run in range(2):
+        project = Project(tmp_path, "relu6.yaml")
+        project.cache, project.dist = tmp_path / f"cache{run}", tmp_path / f"dist{run}"
+        project.build()
+        digests.add(hashlib.sha256(
+            (project.dist / "relu6" / "x86" / "model.onnx").read_bytes()).hexdigest())
+    assert len(digests) == 1

@@ -32,7 +32,8 @@ def to_onnx(ctx: StepContext) -> dict:
     if model is not None and tfc.is_tf_keras(model):
         spec = tuple(tf.TensorSpec((None, *i.shape[1:]), i.dtype, name=i.name.split(":")[0])
                      for i in model.inputs)
-        tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, output_path=str(out))
+        tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, output_path=str(out),
+                                   optimizers=_deterministic_optimizers())
     else:
         saved = tfc.saved_model_dir(source, source_format, ctx.outdir.parent)
         loaded = tf.saved_model.load(str(saved))  # keep alive: it owns the variables
@@ -47,7 +48,7 @@ def to_onnx(ctx: StepContext) -> dict:
             return [outputs[k] for k in sorted(outputs)]
 
         tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
-                                      output_path=str(out))
+                                      output_path=str(out), optimizers=_deterministic_optimizers())
     return _check(out)
 
 
@@ -66,6 +67,18 @@ def check_onnx(ctx: StepContext) -> dict:
     out = ctx.output("model", "model.onnx")
     onnx.save(model, str(out))
     return _check(out)
+
+
+def _deterministic_optimizers() -> dict | None:
+    """tf2onnx's default optimizers minus `merge_duplication`, which keeps whichever
+    duplicate it meets first in an order that changes from run to run, so the same
+    model gave different bytes. Without it a few scalar constants stay duplicated."""
+    from tf2onnx import optimizer
+
+    defaults = getattr(optimizer, "_get_optimizers", None)
+    if defaults is None:  # a tf2onnx without the hook: its defaults, deterministic or not
+        return None
+    return {name: cls for name, cls in defaults().items() if name != "merge_duplication"}
 
 
 def _convert(converter) -> bytes:
