@@ -8,7 +8,6 @@ and interrupted ones never leave a mix of two bundles.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -51,13 +50,6 @@ def publish(cache: Cache, bundle: Output, dest: Path) -> bool:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return True
-
-
-def read_manifest(dest: Path) -> dict | None:
-    try:
-        return json.loads((dest / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 @contextmanager

@@ -89,13 +89,6 @@ class Graph:
             visit(node_id)
         return ordered
 
-    def downstream_closure(self, node_ids: set[str]) -> set[str]:
-        found = set(node_ids)
-        for node in self.order():
-            if any(up in found for up in node.upstream()):
-                found.add(node.id)
-        return found
-
     def subgraph(self, targets: list[str]) -> Graph:
         sub = Graph()
         for target in targets:

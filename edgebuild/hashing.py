@@ -14,8 +14,6 @@ from pathlib import Path
 
 from edgebuild.fsutil import atomic_write, canonical_json
 
-CHUNK = 1 << 20
-
 
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as handle:

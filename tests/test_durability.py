@@ -138,7 +138,6 @@ def test_onnx_conversion_gives_the_same_bytes_every_time(tmp_path):
     """tf2onnx's duplicate-merging pass picked survivors in a run-dependent order;
     ReLU6 layers (Clip with shared min/max constants) showed it."""
     import tf_keras as keras
-
     from conftest import Project
 
     keras.utils.set_random_seed(0)

@@ -14,7 +14,6 @@ from edgebuild.catalog import catalog_text, load_catalog
 from edgebuild.errors import Problem, RecipeError
 from edgebuild.recipe import yamlpos
 from edgebuild.recipe.model import (
-    OPTIONAL_SLOTS,
     SLOTS,
     Dataset,
     Device,
@@ -31,6 +30,7 @@ AVAILABLE = {
     "tflite": {"convert", "quantize", "compile", "validate", "bundle"},
     "onnx": {"convert", "quantize", "compile", "validate", "bundle"},
 }
+ON_BY_DEFAULT = {"convert", "validate", "bundle"}  # the rest run where a profile asks
 QUANTIZE_MODES = {"tflite": {"fp16", "dynamic", "int8", "int16x8"}, "onnx": {"fp16", "dynamic"}}
 
 
@@ -154,8 +154,7 @@ class _Resolver:
         slots = _merge_slots(device.steps, {k: v for k, v in spec.items() if k in SLOTS})
         steps = {}
         for slot in SLOTS:
-            value = slots.get(slot, {} if slot not in ("prune", "cluster", "quantize", "compile")
-                              else False)
+            value = slots.get(slot, {} if slot in ON_BY_DEFAULT else False)
             if value is False:
                 continue
             if fmt in AVAILABLE and slot not in AVAILABLE[fmt]:
@@ -275,5 +274,3 @@ def _dotted(key_path: tuple) -> str:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
-
-__all__ = ["OPTIONAL_SLOTS", "ValidationMemo", "load_recipe"]

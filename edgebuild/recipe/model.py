@@ -8,7 +8,6 @@ from pathlib import Path
 # Step slots, in the order a chain runs them. A profile or target fills a slot with
 # parameters, or switches it off with `false`.
 SLOTS = ("convert", "prune", "cluster", "quantize", "compile", "validate", "bundle")
-OPTIONAL_SLOTS = ("prune", "cluster", "quantize", "compile", "validate")
 
 
 @dataclass(frozen=True)
