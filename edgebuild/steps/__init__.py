@@ -30,7 +30,7 @@ class Impl:
 
 IMPLS = {impl.name: impl for impl in (
     Impl("convert.tflite", 1, "edgebuild.steps.convert:to_tflite", TF),
-    Impl("convert.onnx", 1, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx")),
+    Impl("convert.onnx", 2, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx")),
     Impl("convert.onnx-check", 1, "edgebuild.steps.convert:check_onnx", ("onnx",)),
     Impl("quantize.tflite", 1, "edgebuild.steps.quantize:tflite", TF),
     Impl("quantize.onnx", 1, "edgebuild.steps.quantize:onnx", ("onnx", "onnxruntime")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from edgebuild.errors import StepError
@@ -32,8 +33,9 @@ def to_onnx(ctx: StepContext) -> dict:
     if model is not None and tfc.is_tf_keras(model):
         spec = tuple(tf.TensorSpec((None, *i.shape[1:]), i.dtype, name=i.name.split(":")[0])
                      for i in model.inputs)
-        tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset, output_path=str(out),
-                                   optimizers=_deterministic_optimizers())
+        with _deterministic_tf2onnx():
+            tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset,
+                                       output_path=str(out))
     else:
         saved = tfc.saved_model_dir(source, source_format, ctx.outdir.parent)
         loaded = tf.saved_model.load(str(saved))  # keep alive: it owns the variables
@@ -47,8 +49,9 @@ def to_onnx(ctx: StepContext) -> dict:
             outputs = signature(**dict(zip(names, args, strict=True)))
             return [outputs[k] for k in sorted(outputs)]
 
-        tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
-                                      output_path=str(out), optimizers=_deterministic_optimizers())
+        with _deterministic_tf2onnx():
+            tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset,
+                                          output_path=str(out))
     return _check(out)
 
 
@@ -69,16 +72,23 @@ def check_onnx(ctx: StepContext) -> dict:
     return _check(out)
 
 
-def _deterministic_optimizers() -> dict | None:
-    """tf2onnx's default optimizers minus `merge_duplication`, which keeps whichever
-    duplicate it meets first in an order that changes from run to run, so the same
-    model gave different bytes. Without it a few scalar constants stay duplicated."""
+@contextmanager
+def _deterministic_tf2onnx():
+    """Run tf2onnx without its `merge_duplication` pass, which keeps whichever duplicate
+    it meets first in an order that changes from run to run: the same model gave
+    different bytes. Without it a few scalar constants stay duplicated. Only
+    `from_keras` takes an optimizer list, so we edit the default table (this runs in
+    a one-step worker process) and put it back."""
     from tf2onnx import optimizer
 
-    defaults = getattr(optimizer, "_get_optimizers", None)
-    if defaults is None:  # a tf2onnx without the hook: its defaults, deterministic or not
-        return None
-    return {name: cls for name, cls in defaults().items() if name != "merge_duplication"}
+    table = getattr(optimizer, "_optimizers", {})
+    saved = dict(table)
+    table.pop("merge_duplication", None)
+    try:
+        yield
+    finally:
+        table.clear()
+        table.update(saved)
 
 
 def _convert(converter) -> bytes:
