@@ -7,6 +7,7 @@ data; nothing here imports a toolchain.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict
 
 from edgebuild.graph import Graph, Node
@@ -46,8 +47,13 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target) -> None:
     compiled = None
     compile_ = target.steps.get("compile")
     if compile_ is not None:
+        where = device
+        if compile_.compiler == "tensorrt":
+            # Whether this host could build the engine changes the result (engine or
+            # deferred script), so it belongs in the key.
+            where = {**device, "host_nvidia_gpu": shutil.which("nvidia-smi") is not None}
         node = Node(f"compile.{compile_.compiler}", compile_.to_dict(),
-                    deps={"model": artifact}, device=device)
+                    deps={"model": artifact}, device=where)
         compiled = (graph.add(node, name), "build")
 
     verdict = None
