@@ -20,7 +20,7 @@ from edgebuild.cache import Cache, Entry
 from edgebuild.console import Console
 from edgebuild.errors import BuildError
 from edgebuild.graph import Node
-from edgebuild.plan import Resolver, key_of
+from edgebuild.plan import Resolver
 
 
 @dataclass
@@ -57,10 +57,10 @@ class Executor:
         return True
 
     def _build(self, node: Node) -> Entry:
-        doc = self.resolver.doc(node)
-        if doc is None:
+        resolved = self.resolver.resolve(node)
+        if resolved is None:
             raise BuildError("an input is missing from the cache")
-        key = key_of(doc)
+        doc, key = resolved
         work = self.cache.workdir(f"{node.kind}-{key[:12]}")
         try:
             job = {"runner": node.impl.runner, "params": node.params, "device": node.device,

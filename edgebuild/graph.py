@@ -44,7 +44,7 @@ class Node:
     @property
     def label(self) -> str:
         detail = self.params.get("mode") or self.params.get("precision") or ""
-        if self.kind == "bundle" or self.kind == "validate":
+        if self.kind in ("bundle", "validate"):
             detail = ",".join(self.targets)
         return f"{self.impl_name}[{detail}]" if detail else self.impl_name
 

@@ -57,9 +57,25 @@ class Resolver:
         self.graph, self.cache, self.stat = graph, cache, stat
         self.previous = previous or {}  # (target, impl) -> lock-file record of the last build
         self._entries: dict[str, Entry] = {}  # node id -> entry, once known
+        # node id -> (key document, key). Final once computed: it exists only when every
+        # upstream entry is known, and those do not change within a run.
+        self._resolved: dict[str, tuple[dict, str]] = {}
         self._lock = threading.Lock()
 
-    def doc(self, node: Node) -> dict | None:
+    def resolve(self, node: Node) -> tuple[dict, str] | None:
+        """(key document, key), or None while an upstream output is unknown."""
+        with self._lock:
+            if node.id in self._resolved:
+                return self._resolved[node.id]
+        doc = self._compute_doc(node)
+        if doc is None:
+            return None
+        resolved = (doc, key_of(doc))
+        with self._lock:
+            self._resolved[node.id] = resolved
+        return resolved
+
+    def _compute_doc(self, node: Node) -> dict | None:
         inputs = {}
         for name, (up_id, output) in sorted(node.deps.items()):
             entry = self.entry_of(up_id)
@@ -83,10 +99,10 @@ class Resolver:
         with self._lock:
             if node_id in self._entries:
                 return self._entries[node_id]
-        doc = self.doc(self.graph.nodes[node_id])
-        if doc is None:
+        resolved = self.resolve(self.graph.nodes[node_id])
+        if resolved is None:
             return None
-        entry = self.cache.entry(key_of(doc))
+        entry = self.cache.entry(resolved[1])
         if entry is not None:
             self.record(node_id, entry)
         return entry
@@ -96,14 +112,14 @@ class Resolver:
             self._entries[node_id] = entry
 
     def state(self, node: Node) -> StepState:
-        doc = self.doc(node)
-        if doc is None:
+        resolved = self.resolve(node)
+        if resolved is None:
             waiting = [u for u in dict.fromkeys(node.edges()) if self.entry_of(u) is None] or \
                 [u for u in dict.fromkeys(node.chain) if self.entry_of(u) is None]
             ups = [self.graph.nodes[u] for u in waiting]
             reasons = [Reason("upstream", f"input from {u.label} is not built yet") for u in ups]
             return StepState(node, None, None, None, reasons)
-        key = key_of(doc)
+        doc, key = resolved
         entry = self.entry_of(node.id)
         if entry is not None:
             return StepState(node, key, doc, entry)

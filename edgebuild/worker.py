@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,18 +29,14 @@ class StepContext:
     chain: list[dict] = field(default_factory=list)         # earlier steps (for bundles)
     status: str = "executed"  # a step that cannot finish here sets "deferred"
     outputs: dict[str, str] = field(default_factory=dict)
-    _last_progress: float = 0.0
 
     def output(self, name: str, filename: str) -> Path:
         """Declare output `name` and return the path to write it to."""
         self.outputs[name] = filename
         return self.outdir / filename
 
-    def progress(self, message: str, force: bool = True) -> None:
-        now = time.monotonic()
-        if force or now - self._last_progress > 2:
-            self._last_progress = now
-            print(f"@progress {message}", file=sys.__stdout__, flush=True)
+    def progress(self, message: str) -> None:
+        print(f"@progress {message}", file=sys.__stdout__, flush=True)
 
 
 def run_job(job: dict) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Protocol
 
 from edgebuild import __version__
 from edgebuild.catalog import catalog_text, load_catalog
@@ -34,15 +35,13 @@ ON_BY_DEFAULT = {"convert", "validate", "bundle"}  # the rest run where a profil
 QUANTIZE_MODES = {"tflite": {"fp16", "dynamic", "int8", "int16x8"}, "onnx": {"fp16", "dynamic"}}
 
 
-class ValidationMemo:
+class ValidationMemo(Protocol):
     """Remembers digests of recipes that passed schema validation, so that no-op runs
-    skip importing jsonschema. Implemented by the cache; None means always validate."""
+    skip importing jsonschema (the cache's RecipeMemo). None means always validate."""
 
-    def seen(self, digest: str) -> bool:  # pragma: no cover - interface
-        return False
+    def seen(self, digest: str) -> bool: ...
 
-    def add(self, digest: str) -> None:  # pragma: no cover - interface
-        pass
+    def add(self, digest: str) -> None: ...
 
 
 def load_recipe(path: str | Path, memo: ValidationMemo | None = None) -> Recipe:

@@ -72,13 +72,8 @@ def _explain_one_of(error, path: KeyPath) -> list[tuple[KeyPath, str]]:
     # A step slot takes `false`/`true` or an object; report against the branch whose
     # type matched, which is what the user was trying to write.
     relevant = [e for e in error.context if e.validator != "type" or e.path]
-    if relevant:
-        results = []
-        for sub in relevant:
-            for sub_path, message in _explain(sub):
-                results.append(((*path, *sub_path[len(path):]) if sub_path[:len(path)] != path
-                                else sub_path, message))
-        return results
+    if relevant:  # their paths are absolute already
+        return [found for sub in relevant for found in _explain(sub)]
     return [(path, f"expected true, false or a mapping, got {_describe(error.instance)}")]
 
 

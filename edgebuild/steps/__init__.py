@@ -39,9 +39,9 @@ IMPLS = {impl.name: impl for impl in (
     Impl("baseline.tf", 1, "edgebuild.steps.baseline:run_tf", (*TF, "numpy", "pillow")),
     Impl("baseline.onnx", 1, "edgebuild.steps.baseline:run_onnx",
          ("onnxruntime", "numpy", "pillow")),
-    Impl("validate.tflite", 1, "edgebuild.steps.validate:tflite",
+    Impl("validate.tflite", 1, "edgebuild.steps.validate:run",
          ("ai-edge-litert", "numpy", "pillow"), volatile=("report",)),
-    Impl("validate.onnx", 1, "edgebuild.steps.validate:onnx", ("onnxruntime", "numpy", "pillow"),
+    Impl("validate.onnx", 1, "edgebuild.steps.validate:run", ("onnxruntime", "numpy", "pillow"),
          volatile=("report",)),
     Impl("bundle", 1, "edgebuild.steps.bundle:run", (), heavy=False),
 )}

@@ -21,15 +21,8 @@ from edgebuild.errors import StepError
 from edgebuild.worker import StepContext
 
 
-def tflite(ctx: StepContext) -> dict:
-    return _validate(ctx)
-
-
-def onnx(ctx: StepContext) -> dict:
-    return _validate(ctx)
-
-
-def _validate(ctx: StepContext) -> dict:
+def run(ctx: StepContext) -> dict:
+    """The runtime follows the artifact: LiteRT for .tflite, ONNX Runtime for .onnx."""
     from edgebuild.data import load_samples
     from edgebuild.toolchains.runtimes import load_runtime
 
