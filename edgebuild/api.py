@@ -192,7 +192,8 @@ def _lock_record(project: Project, target: str, chain: list[str]) -> dict:
         volatile = project.graph.nodes[node_id].impl.volatile
         outputs = {name: out.digest for name, out in sorted(entry.outputs.items())
                    if name not in volatile}
-        steps.append(step_record(entry.key, entry.doc, outputs, entry.status))
+        steps.append(step_record(entry.key, entry.doc, outputs, entry.status,
+                                 entry.meta.get("facts")))
     device = project.recipe.targets[target].device.name
     return {"device": device, "steps": steps}
 

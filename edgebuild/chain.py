@@ -13,6 +13,8 @@ from dataclasses import asdict
 from edgebuild.graph import Graph, Node
 from edgebuild.recipe.model import Recipe, Target
 
+KERAS_SLOTS = ("prune", "cluster")  # tfmot steps, in chain order
+
 
 def compile_recipe(recipe: Recipe) -> Graph:
     graph = Graph()
@@ -24,22 +26,33 @@ def compile_recipe(recipe: Recipe) -> Graph:
 def _add_target(graph: Graph, recipe: Recipe, target: Target) -> None:
     name = target.name
     device = {**target.device.profile(), "format": target.format, "runtime": target.runtime}
-    source = {"model": recipe.source.path}
 
+    # The plain float conversion: the artifact when nothing else runs, and what
+    # validate measures speed-ups against.
     float_id = graph.add(_convert_node(recipe, target), name)
     artifact = (float_id, "model")
+    keras = _add_optimizations(graph, recipe, target)  # the pruned/clustered Keras model
 
     quantize = target.steps.get("quantize")
+    if keras is not None and (target.format == "onnx" or quantize is None):
+        artifact = (graph.add(_convert_node(recipe, target, keras), name), "model")
     if quantize is not None:
         params = {**quantize.to_dict(), "source_format": recipe.source.format}
-        files = dict(source)
         if target.format == "tflite":
             # The TFLite converter quantizes while converting, so it starts again from
-            # the source model (later: from the pruned/clustered Keras model).
+            # the Keras model (the source, or the pruned/clustered one).
+            files, deps = {}, {}
+            if keras is None:
+                files["model"] = recipe.source.path
+            else:
+                deps["model"] = keras
+                params["source_format"] = "keras"
+            params["after"] = [slot for slot in KERAS_SLOTS if slot in target.steps]
+            params["integer_only"] = target.device.integer_only
             if quantize.mode in ("int8", "int16x8"):
                 params["calibration"] = _data_params(recipe, recipe.calibration)
                 files["calibration"] = recipe.calibration.path
-            node = Node("quantize.tflite", params, files=files)
+            node = Node("quantize.tflite", params, files=files, deps=deps)
         else:
             node = Node("quantize.onnx", params, deps={"model": artifact})
         artifact = (graph.add(node, name), "model")
@@ -73,16 +86,63 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target) -> None:
     graph.add(bundle, name)
 
 
-def _convert_node(recipe: Recipe, target: Target) -> Node:
+def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> tuple[str, str] | None:
+    """prune then cluster, each a Keras model in, a Keras model out. None if neither runs."""
+    model = None  # None: the source file itself
+    train = recipe.train
+    for slot in KERAS_SLOTS:
+        step = target.steps.get(slot)
+        if step is None:
+            continue
+        params = step.to_dict()
+        # Resolve the defaults that depend on the rest of the recipe, so that keys and
+        # lock files record what actually runs.
+        params["epochs"] = step.epochs if step.epochs is not None else (
+            train.epochs if train else 0)
+        if slot == "prune":
+            if step.m_by_n:
+                m, n = step.m_by_n
+                params["sparsity"] = m / n
+            params["schedule"] = step.schedule or (
+                "polynomial" if params["epochs"] else "constant")
+        else:
+            params["preserve_sparsity"] = (step.preserve_sparsity if step.preserve_sparsity
+                                           is not None else "prune" in target.steps)
+        files, deps = {}, {}
+        if model is None:
+            files["model"] = recipe.source.path
+        else:
+            deps["model"] = model
+        if params["epochs"]:
+            params["learning_rate"] = step.learning_rate or train.learning_rate
+            params["train"] = {**train.to_dict(), "preprocess": asdict(recipe.preprocess)}
+            files["train"] = train.path
+            if train.loss == "distill":
+                files["teacher"] = recipe.source.path  # outputs to match: the float source
+            elif recipe.labels:
+                files["labels"] = recipe.labels  # class order for class-folder datasets
+        else:
+            params["learning_rate"] = None
+        model = (graph.add(Node(f"{slot}.tfmot", params, files=files, deps=deps),
+                           target.name), "model")
+    return model
+
+
+def _convert_node(recipe: Recipe, target: Target, keras: tuple[str, str] | None = None) -> Node:
     params = {**target.steps["convert"].to_dict(), "source_format": recipe.source.format}
-    files = {"model": recipe.source.path}
+    files, deps = {}, {}
+    if keras is not None:
+        deps["model"] = keras
+        params["source_format"] = "keras"
+    else:
+        files["model"] = recipe.source.path
     if target.format == "tflite":  # the loader has ruled out ONNX sources here
         params.pop("opset")
-        return Node("convert.tflite", params, files=files)
-    if recipe.source.format == "onnx":
+        return Node("convert.tflite", params, files=files, deps=deps)
+    if params["source_format"] == "onnx":
         params.pop("opset")  # the model keeps its own opset
         return Node("convert.onnx-check", params, files=files)
-    return Node("convert.onnx", params, files=files)
+    return Node("convert.onnx", params, files=files, deps=deps)
 
 
 def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[str, str],

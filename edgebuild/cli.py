@@ -107,6 +107,8 @@ def cmd_build(args) -> int:
     recipes = args.recipes if args.command == "all" else [args.recipe]
     targets = None if args.command == "all" else args.target
     projects = [api.open_project(r, settings, targets) for r in recipes]  # validate all first
+    for project in projects:
+        _print_warnings(project.recipe)
     reports = [api.build(p, settings, console) for p in projects]
     if args.json:
         docs = [r.to_dict() for r in reports]
@@ -128,13 +130,20 @@ def _print_summary(report) -> None:
           f"({report.seconds:.1f}s)")
 
 
+def _print_warnings(recipe) -> None:
+    for warning in recipe.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+
+
 def cmd_plan(args) -> int:
     from edgebuild import api
 
     project = api.open_project(args.recipe, _settings(args))
     states = api.plan(project)
+    _print_warnings(project.recipe)
     if args.json:
-        print(json.dumps({"recipe": project.recipe.name, "step_list": [
+        print(json.dumps({"recipe": project.recipe.name,
+                          "warnings": list(project.recipe.warnings), "step_list": [
             {"key": s.key, "kind": s.node.kind, "label": s.node.label,
              "targets": s.node.targets, "status": "cached" if s.cached else "run",
              "reasons": [r.to_dict() for r in s.reasons]} for s in states]}, indent=2))

@@ -28,13 +28,43 @@ def load_samples(path: Path, params: dict) -> np.ndarray:
             if "x" not in archive:
                 raise StepError(f"{path}: an .npz dataset needs an array named 'x'")
             pixels = archive["x"][:count]
-        images = [_resize(img, pre) for img in pixels]
-    else:
-        files = image_files(path)[:count]
-        if not files:
-            kinds = ", ".join(sorted(IMAGE_SUFFIXES))
-            raise StepError(f"{path}: no images found (expected {kinds})")
-        images = [_read(f, pre) for f in files]
+        return _prepare([_resize(img, pre) for img in pixels], pre)
+    return _prepare([_read(f, pre) for f in _images(path, count)], pre)
+
+
+def load_labelled(path: Path, params: dict, class_names: list[str] | None = None):
+    """(x, y) for training: an .npz's x and y, or images in class sub-folders (class
+    index: position in `class_names`, the recipe's labels file, else sorted folder
+    names). y is None where the data has no labels."""
+    count, pre = params.get("count"), params["preprocess"]
+    if path.suffix == ".npz":
+        with np.load(path) as archive:
+            y = archive["y"][:count] if "y" in archive else None
+        return load_samples(path, params), y
+    files = _images(path, count)
+    folders = {f.relative_to(path).parts[0] for f in files if len(f.relative_to(path).parts) > 1}
+    if not folders:
+        return _prepare([_read(f, pre) for f in files], pre), None
+    names = class_names or sorted(folders)
+    unknown = sorted(folders - set(names))
+    if unknown:
+        raise StepError(f"{path}: class folders {unknown} are not in the labels file")
+    loose = [f for f in files if len(f.relative_to(path).parts) == 1]
+    if loose:
+        raise StepError(f"{path}: {loose[0].name} is not in a class folder")
+    y = np.array([names.index(f.relative_to(path).parts[0]) for f in files])
+    return _prepare([_read(f, pre) for f in files], pre), y
+
+
+def _images(folder: Path, count: int | None) -> list[Path]:
+    files = image_files(folder)[:count]
+    if not files:
+        kinds = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise StepError(f"{folder}: no images found (expected {kinds})")
+    return files
+
+
+def _prepare(images: list[np.ndarray], pre: dict) -> np.ndarray:
     return np.stack([_normalize(img, pre) for img in images])
 
 

@@ -70,12 +70,16 @@ class Executor:
             result = self._spawn(job, work, node) if node.impl.heavy else _in_process(job)
             if "error" in result:
                 raise BuildError(self._failure_message(result, work, key))
-            outputs = {}
+            outputs, facts = {}, dict(result["meta"].pop("facts", {}))
             for name, filename in result["outputs"].items():
                 path = work / "out" / filename
-                outputs[name] = self.cache.put_tree(path) if path.is_dir() else \
-                    self.cache.put_file(path)
-            meta = {**result["meta"], "status": result["status"],
+                if path.is_dir():
+                    outputs[name] = self.cache.put_tree(path)
+                    continue
+                outputs[name] = self.cache.put_file(path)
+                if name == "model":  # the artifact each optimization step produces
+                    facts["size"] = _sizes(path)
+            meta = {**result["meta"], "status": result["status"], "facts": facts,
                     "seconds": round(time.monotonic() - started, 3)}
             entry = self.cache.commit(key, node.kind, doc, outputs, meta)
         finally:
@@ -138,6 +142,19 @@ class Executor:
             message = f"{message}: {last[0]} (full log: {saved})" if last[0] else \
                 f"{message} (full log: {saved})"
         return message
+
+
+def _sizes(path: Path) -> dict:
+    """Raw and gzip size: pruning and clustering only pay off once compressed."""
+    import zlib
+
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
+    gzip_bytes = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            gzip_bytes += len(compressor.compress(chunk))
+    gzip_bytes += len(compressor.flush())
+    return {"bytes": path.stat().st_size, "gzip_bytes": gzip_bytes}
 
 
 def _in_process(job: dict) -> dict:

@@ -44,7 +44,11 @@ class Node:
     @property
     def label(self) -> str:
         detail = self.params.get("mode") or self.params.get("precision") or ""
-        if self.kind in ("bundle", "validate"):
+        if self.kind == "prune":
+            detail = self.params.get("structure") or f"{self.params['sparsity']:g}"
+        elif self.kind == "cluster":
+            detail = f"{self.params['clusters']}"
+        elif self.kind in ("bundle", "validate"):
             detail = ",".join(self.targets)
         return f"{self.impl_name}[{detail}]" if detail else self.impl_name
 

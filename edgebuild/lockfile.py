@@ -42,8 +42,13 @@ def previous_steps(lock: dict) -> dict[tuple[str, str], dict]:
     return found
 
 
-def step_record(key: str, doc: dict, outputs: dict[str, str], status: str) -> dict:
-    return {**doc, "key": key, "outputs": outputs, "status": status}
+def step_record(key: str, doc: dict, outputs: dict[str, str], status: str,
+                facts: dict | None = None) -> dict:
+    """`facts`: what the step measured of its result (sparsity, sizes), reproducible."""
+    record = {**doc, "key": key, "outputs": outputs, "status": status}
+    if facts:
+        record["facts"] = facts
+    return record
 
 
 def lock_keys(lock: dict) -> set[str]:

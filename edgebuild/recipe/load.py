@@ -22,16 +22,12 @@ from edgebuild.recipe.model import (
     Recipe,
     Source,
     Target,
+    Training,
 )
 from edgebuild.steps.params import SLOT_PARAMS, Budget
 
-# Step slots that this version can run, per artifact format. A slot outside this
-# table is a recipe error at plan time, never a surprise halfway through a build.
-AVAILABLE = {
-    "tflite": {"convert", "quantize", "compile", "validate", "bundle"},
-    "onnx": {"convert", "quantize", "compile", "validate", "bundle"},
-}
 ON_BY_DEFAULT = {"convert", "validate", "bundle"}  # the rest run where a profile asks
+KERAS_ONLY = ("prune", "cluster")  # tfmot rewrites Keras 2 (tf_keras) models
 QUANTIZE_MODES = {"tflite": {"fp16", "dynamic", "int8", "int16x8"}, "onnx": {"fp16", "dynamic"}}
 
 
@@ -67,10 +63,17 @@ class _Resolver:
                  memo: ValidationMemo | None):
         self.path, self.display, self.text, self.doc, self.memo = path, display, text, doc, memo
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
 
     def complain(self, key_path: tuple, message: str, about_key: bool = False) -> None:
+        self.problems.append(self._located(key_path, message, about_key))
+
+    def warn(self, key_path: tuple, message: str) -> None:
+        self.warnings.append(self._located(key_path, message, False))
+
+    def _located(self, key_path: tuple, message: str, about_key: bool) -> Problem:
         line, column = self.doc.position(key_path, of_value=not about_key)
-        self.problems.append(Problem(self.display, line, column, _dotted(key_path), message))
+        return Problem(self.display, line, column, _dotted(key_path), message)
 
     def fail_if_problems(self) -> None:
         if self.problems:
@@ -102,14 +105,17 @@ class _Resolver:
         raw_data = data.get("data", {})
         calibration = self._dataset(raw_data, "calibration")
         validation = self._dataset(raw_data, "validation")
-        self.source_format = source.format
+        self.train = self._training(raw_data.get("train"))
+        self.source = source
         targets = {name: self._target(name, spec, devices, calibration, validation)
                    for name, spec in data["targets"].items()}
         labels = self._existing(("labels",), data["labels"]) if "labels" in data else None
+        warnings = sorted(self.warnings, key=lambda p: (p.line or 0, p.column or 0))
         return Recipe(
             path=self.path, name=data["name"], task=data["task"], source=source,
             preprocess=_preprocess(raw_data.get("preprocess", {})), targets=targets,
-            labels=labels, calibration=calibration, validation=validation, text_digest=digest)
+            labels=labels, calibration=calibration, validation=validation, train=self.train,
+            text_digest=digest, warnings=tuple(str(w) for w in warnings))
 
     # -- devices ---------------------------------------------------------------------
 
@@ -122,8 +128,10 @@ class _Resolver:
                               f"'{base}' is not a known device (known: {', '.join(profiles)})")
                 continue
             merged = dict(profiles.get(base, {})) if base else {}
-            merged["steps"] = _merge_slots(merged.get("steps", {}), spec.get("steps", {}))
-            merged.update({k: v for k, v in spec.items() if k not in ("extends", "steps")})
+            for slots in ("steps", "with_training_data"):
+                merged[slots] = _merge_slots(merged.get(slots, {}), spec.get(slots, {}))
+            merged.update({k: v for k, v in spec.items()
+                           if k not in ("extends", "steps", "with_training_data")})
             missing = [k for k in ("family", "runtime", "format") if k not in merged]
             if missing:
                 self.complain(("devices", name), f"missing {', '.join(missing)} "
@@ -146,22 +154,22 @@ class _Resolver:
         if fmt not in device.formats:
             self.complain((*where, "format"), f"'{fmt}' is not a format of device "
                           f"'{device.name}' (choose one of: {', '.join(device.formats)})")
-        if fmt == "tflite" and self.source_format == "onnx":
+        if fmt == "tflite" and self.source.format == "onnx":
             self.complain((*where, "device"), f"device '{device.name}' takes TFLite models, and "
                           "edgebuild does not convert ONNX sources to TFLite; choose a device "
                           "with format onnx (x86-cpu with `format: onnx`, jetson-orin, cloud-gpu)")
-        slots = _merge_slots(device.steps, {k: v for k, v in spec.items() if k in SLOTS})
+        profile = device.steps
+        if self.train is not None:  # e.g. cloud-gpu clusters once it can fine-tune
+            profile = _merge_slots(profile, device.with_training_data)
+        slots = _merge_slots(profile, {k: v for k, v in spec.items() if k in SLOTS})
         steps = {}
         for slot in SLOTS:
             value = slots.get(slot, {} if slot in ON_BY_DEFAULT else False)
             if value is False:
                 continue
-            if fmt in AVAILABLE and slot not in AVAILABLE[fmt]:
-                self.complain((*where, slot), f"the {slot} step is not available for {fmt} "
-                              f"artifacts in edgebuild {__version__}; set `{slot}: false`")
-                continue
             steps[slot] = SLOT_PARAMS[slot].from_dict(value if isinstance(value, dict) else {})
         self._check_target(where, device, fmt, steps, calibration, validation)
+        self._check_optimizations(where, spec, steps)
         return Target(name=name, device=device, format=fmt,
                       runtime=spec.get("runtime", device.runtime), steps=steps,
                       budget=Budget.from_dict(spec.get("budget", {})))
@@ -179,9 +187,22 @@ class _Resolver:
             if quantize.io != "float32" and quantize.mode != "int8":
                 self.complain((*where, "quantize", "io"),
                               f"io: {quantize.io} needs mode: int8 (full-integer)")
-        if device.integer_only and (quantize is None or quantize.mode != "int8"):
-            self.complain((*where, "quantize"), f"device '{device.name}' runs integer ops only; "
-                          "it needs `quantize: {mode: int8}`")
+            if quantize.keep_float and (quantize.mode != "int8" or fmt != "tflite"
+                                        or quantize.io != "float32"):
+                self.complain((*where, "quantize", "keep_float"),
+                              "keep_float leaves layers out of full-integer TFLite "
+                              "quantization; it needs format tflite, mode int8 and io float32")
+        if device.integer_only:
+            if quantize is None or quantize.mode != "int8":
+                self.complain((*where, "quantize"), f"device '{device.name}' runs integer ops "
+                              "only; it needs `quantize: {mode: int8, io: int8}`")
+            elif quantize.io == "float32":
+                self.complain((*where, "quantize", "io"), f"device '{device.name}' runs integer "
+                              "ops only, so float32 input and output would leave float ops; "
+                              "use io: int8 or uint8")
+            elif quantize.keep_float:
+                self.complain((*where, "quantize", "keep_float"), f"device '{device.name}' runs "
+                              "integer ops only; it cannot keep layers in float")
         if "validate" in steps and validation is None:
             self.complain((*where, "validate"), "validation needs data.validation; add it, "
                           "or set `validate: false` to ship unvalidated")
@@ -190,7 +211,57 @@ class _Resolver:
             self.complain((*where, "compile", "compiler"),
                           f"the {compile_.compiler} compiler does not take {fmt} models")
 
+    def _check_optimizations(self, where: tuple, spec: dict, steps: dict) -> None:
+        """prune and cluster: a Keras 2 source, and fine-tuning where the options need it."""
+        for slot in KERAS_ONLY:
+            params = steps.get(slot)
+            if params is None:
+                continue
+            at = (*where, slot) if slot in spec else (*where, "device")
+            source = self.source
+            if source.format != "keras" or _keras_flavour(source.path) != "tf_keras":
+                what = {"onnx": "an ONNX model", "saved_model": "a SavedModel"}.get(
+                    source.format, "a Keras 3 model")
+                self.complain(at, f"{slot} rewrites Keras 2 (tf_keras) models with tfmot, and the "
+                              f"source is {what}; save the source with tf_keras as .keras/.h5, "
+                              f"or set `{slot}: false`")
+                continue
+            epochs = params.epochs if params.epochs is not None else (
+                self.train.epochs if self.train else 0)
+            if epochs and self.train is None:
+                self.complain((*at, "epochs"), f"{slot} fine-tunes for {epochs} epochs on "
+                              "data.train, which the recipe does not give; add data.train")
+            elif not epochs:
+                how = ("give it epochs to fine-tune on data.train" if self.train
+                       else "add data.train to fine-tune")
+                self.warn(at, f"{slot} runs one-shot, without fine-tuning, so accuracy may "
+                          f"drop; {how}")
+            if slot == "prune":
+                self._check_prune(at, spec.get("prune"), params, epochs)
+
+    def _check_prune(self, at: tuple, raw, params, epochs: int) -> None:
+        raw = raw if isinstance(raw, dict) else {}
+        if params.schedule == "polynomial" and not epochs:
+            self.complain((*at, "schedule"), "a polynomial schedule ramps sparsity up while "
+                          "fine-tuning; without data.train use schedule: constant")
+        if params.structure is not None:
+            m, n = params.m_by_n
+            if m >= n:
+                self.complain((*at, "structure"), f"'{params.structure}': m zeros in every n "
+                              "weights needs m < n, e.g. 2:4")
+            elif "sparsity" in raw and abs(raw["sparsity"] - m / n) > 1e-9:
+                self.complain((*at, "sparsity"), f"structure {params.structure} fixes the "
+                              f"sparsity at {m / n:g}; drop `sparsity`")
+
     # -- files -----------------------------------------------------------------------
+
+    def _training(self, spec: dict | None) -> Training | None:
+        if spec is None:
+            return None
+        path = self._existing(("data", "train", "path"), spec["path"])
+        known = {k: spec[k] for k in ("count", "epochs", "batch_size", "learning_rate", "seed")
+                 if k in spec}
+        return Training(path=path or Path(spec["path"]), loss=spec["loss"], **known)
 
     def _source(self, spec: dict) -> Source:
         path = self._existing(("source", "path"), spec["path"])
@@ -224,7 +295,8 @@ def _device(name: str, spec: dict) -> Device:
                   runtime=spec["runtime"], format=spec["format"],
                   formats=tuple(spec.get("formats", [spec["format"]])),
                   integer_only=spec.get("integer_only", False), steps=spec.get("steps", {}),
-                  notes=spec.get("notes", ""))
+                  notes=spec.get("notes", ""),
+                  with_training_data=spec.get("with_training_data", {}))
 
 
 def _merge_slots(base: dict, override: dict) -> dict:
@@ -259,6 +331,12 @@ def _infer_format(path: Path) -> str | None:
         return "saved_model" if (path / "saved_model.pb").exists() else None
     return {".keras": "keras", ".h5": "keras", ".hdf5": "keras", ".onnx": "onnx"}.get(
         path.suffix.lower())
+
+
+def _keras_flavour(path: Path) -> str:
+    from edgebuild.toolchains.tf import keras_flavour  # reads file metadata, no TensorFlow
+
+    return keras_flavour(path) if path.is_file() else "none"
 
 
 def _schema_texts() -> list[str]:

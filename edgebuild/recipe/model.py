@@ -30,6 +30,24 @@ class Dataset:
 
 
 @dataclass(frozen=True)
+class Training:
+    """data.train: what prune and cluster fine-tune on."""
+
+    path: Path
+    loss: str
+    count: int | None = None
+    epochs: int = 2
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"loss": self.loss, "count": self.count, "epochs": self.epochs,
+                "batch_size": self.batch_size, "learning_rate": self.learning_rate,
+                "seed": self.seed}
+
+
+@dataclass(frozen=True)
 class Source:
     path: Path
     format: str  # keras | saved_model | onnx
@@ -46,6 +64,7 @@ class Device:
     integer_only: bool = False
     steps: dict = field(default_factory=dict)  # slot -> params | False
     notes: str = ""
+    with_training_data: dict = field(default_factory=dict)  # slots added given data.train
 
     def profile(self) -> dict:
         """The fields a bundle manifest records and step keys depend on."""
@@ -77,7 +96,9 @@ class Recipe:
     labels: Path | None = None
     calibration: Dataset | None = None
     validation: Dataset | None = None
+    train: Training | None = None
     text_digest: str = ""
+    warnings: tuple[str, ...] = ()  # located, like errors, but the build goes on
 
     @property
     def folder(self) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TF = ("tensorflow", "tf_keras", "keras")
+TFMOT = (*TF, "tensorflow-model-optimization", "numpy", "pillow")
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,9 @@ IMPLS = {impl.name: impl for impl in (
     Impl("convert.tflite", 1, "edgebuild.steps.convert:to_tflite", TF),
     Impl("convert.onnx", 2, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx")),
     Impl("convert.onnx-check", 1, "edgebuild.steps.convert:check_onnx", ("onnx",)),
-    Impl("quantize.tflite", 1, "edgebuild.steps.quantize:tflite", TF),
+    Impl("prune.tfmot", 1, "edgebuild.steps.optimize:prune", TFMOT),
+    Impl("cluster.tfmot", 1, "edgebuild.steps.optimize:cluster", TFMOT),
+    Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite", (*TF, "numpy", "pillow")),
     Impl("quantize.onnx", 1, "edgebuild.steps.quantize:onnx", ("onnx", "onnxruntime")),
     Impl("compile.tensorrt", 1, "edgebuild.steps.compile:tensorrt", ("tensorrt",), heavy=False),
     Impl("compile.edgetpu", 1, "edgebuild.steps.compile:edgetpu", (), heavy=False),

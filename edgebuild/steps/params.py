@@ -13,7 +13,9 @@ class Params:
     @classmethod
     def from_dict(cls, values: dict):
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        # Lists become tuples, so that parameters stay hashable and frozen.
+        return cls(**{k: tuple(v) if isinstance(v, list) else v
+                      for k, v in values.items() if k in known})
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -27,17 +29,56 @@ class ConvertParams(Params):
 @dataclass(frozen=True)
 class PruneParams(Params):
     sparsity: float = 0.5
+    schedule: str | None = None  # None: polynomial when fine-tuning, constant otherwise
+    initial_sparsity: float = 0.0
+    begin_step: int = 0
+    end_step: int | None = None  # None: the last fine-tuning step
+    frequency: int = 100
+    structure: str | None = None  # "m:n", e.g. "2:4"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    epochs: int | None = None  # None: data.train's; 0: one-shot
+    learning_rate: float | None = None
+
+    @property
+    def m_by_n(self) -> tuple[int, int] | None:
+        if self.structure is None:
+            return None
+        m, n = self.structure.split(":")
+        return int(m), int(n)
 
 
 @dataclass(frozen=True)
 class ClusterParams(Params):
     clusters: int = 16
+    init: str = "kmeans++"
+    preserve_sparsity: bool | None = None  # None: true when the chain prunes first
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    epochs: int | None = None
+    learning_rate: float | None = None
+
+
+@dataclass(frozen=True)
+class KeepFloat(Params):
+    layers: tuple[str, ...] = ()
+    ops: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.layers or self.ops)
 
 
 @dataclass(frozen=True)
 class QuantizeParams(Params):
     mode: str = "int8"
     io: str = "float32"
+    keep_float: KeepFloat = KeepFloat()
+
+    @classmethod
+    def from_dict(cls, values: dict):
+        values = dict(values)
+        values["keep_float"] = KeepFloat.from_dict(values.get("keep_float", {}))
+        return super().from_dict(values)
 
     @property
     def precision(self) -> str:

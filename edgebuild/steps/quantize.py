@@ -16,17 +16,19 @@ def tflite(ctx: StepContext) -> dict:
     from edgebuild.data import load_samples
     from edgebuild.steps.convert import _convert
     from edgebuild.toolchains import tf as tfc
+    from edgebuild.toolchains import tflite_inspect
 
-    mode, io = ctx.params["mode"], ctx.params["io"]
+    params = ctx.params
+    mode, io, keep_float = params["mode"], params["io"], params["keep_float"]
     ctx.progress(f"quantizing to {mode} with the TFLite converter")
-    converter = tfc.tflite_converter(ctx.inputs["model"], ctx.params["source_format"],
+    converter = tfc.tflite_converter(ctx.inputs["model"], params["source_format"],
                                      ctx.outdir.parent)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     samples = ()
     if mode == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     elif mode in ("int8", "int16x8"):
-        samples = load_samples(ctx.inputs["calibration"], ctx.params["calibration"])
+        samples = load_samples(ctx.inputs["calibration"], params["calibration"])
         converter.representative_dataset = lambda: ([s[None, ...]] for s in samples)
         ops = tf.lite.OpsSet
         converter.target_spec.supported_ops = [
@@ -35,10 +37,95 @@ def tflite(ctx: StepContext) -> dict:
         if io != "float32":
             converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
         ctx.progress(f"calibrating on {len(samples)} samples")
-    flatbuffer = _convert(converter)
+    if keep_float["layers"] or keep_float["ops"]:
+        flatbuffer, kept = _selective_int8(converter, samples, keep_float)
+    else:
+        flatbuffer, kept = _convert(converter), []
     ctx.output("model", "model.tflite").write_bytes(flatbuffer)
-    return {"bytes": len(flatbuffer), "mode": mode, "io": io,
-            "calibration_samples": len(samples)}
+    facts = {"calibration_samples": len(samples)}
+    if kept:
+        facts["kept_float"] = kept
+    ops = tflite_inspect.read_ops(flatbuffer)
+    if params["integer_only"]:
+        facts["integer_only"] = _check_integer_only(ops)
+    if params["after"]:
+        facts["composition"] = _check_composition(ctx, ops, mode)
+    return {"facts": facts}
+
+
+def _selective_int8(converter, samples, keep_float: dict) -> tuple[bytes, list[str]]:
+    """Full-integer int8 except the named layers and ops, which stay float: TFLite's
+    selective quantization, through its QuantizationDebugger."""
+    import tensorflow as tf
+
+    from edgebuild.errors import StepError
+    from edgebuild.toolchains import tflite_inspect
+
+    ops = tf.lite.OpsSet
+    converter.target_spec.supported_ops = [ops.TFLITE_BUILTINS_INT8, ops.TFLITE_BUILTINS]
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=list(keep_float["ops"]) or None)
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=lambda: ([s[None, ...]] for s in samples),
+        debug_options=options)
+    nodes = tflite_inspect.layer_nodes(tflite_inspect.read_ops(debugger.calibrated_model),
+                                       keep_float["layers"])
+    if keep_float["layers"] and not nodes:
+        raise StepError(f"quantize.keep_float.layers {list(keep_float['layers'])} match no op "
+                        "of the converted model; use the Keras layer names")
+    options.denylisted_nodes = nodes or None  # read when the final model is made
+    return debugger.get_nondebug_quantized_model(), [*keep_float["ops"], *nodes]
+
+
+def _check_integer_only(ops) -> dict:
+    """The guarantee for integer-only hardware: no float op and no float tensor."""
+    from edgebuild.errors import StepError
+    from edgebuild.toolchains.tflite_inspect import float_offenders
+
+    offenders = float_offenders(ops)
+    if offenders:
+        raise StepError(f"the int8 model still has {len(offenders)} float op(s), and the "
+                        "device runs integer ops only:\n  " + "\n  ".join(offenders) +
+                        "\nThese ops have no int8 kernel in the TFLite converter; replace "
+                        "the layers that produce them, or choose a device with float support.")
+    return {"ops": len(ops), "float_ops": 0}
+
+
+def _check_composition(ctx: StepContext, ops, mode: str) -> dict:
+    """Pruned zeros and shared cluster values must survive quantization: per layer, the
+    quantized kernel keeps at least the float sparsity, and no output channel holds
+    more distinct values than the whole float kernel did."""
+    from edgebuild.errors import StepError
+    from edgebuild.toolchains.tf import load_keras
+    from edgebuild.toolchains.tflite_inspect import kernel_stats
+    from edgebuild.toolchains.tfmot import leaf_layers, weight_stats
+
+    model = load_keras(ctx.inputs["model"])
+    before = weight_stats(model, [layer.name for layer in leaf_layers(model)])
+    after = kernel_stats(ops, list(before))
+    layers, lost = {}, []  # layers: the pruned or clustered ones, for the record
+    for name, float_stats in before.items():
+        if name not in after:
+            continue
+        quantized = after[name]
+        kept = (quantized["sparsity"] >= float_stats["sparsity"] - 1e-3
+                and quantized["unique_per_channel"] <= float_stats["unique"])
+        if not kept or float_stats["sparsity"] > 0 or float_stats["unique"] <= 256:
+            layers[name] = {"float": {"sparsity": float_stats["sparsity"],
+                                      "unique": float_stats["unique"]},
+                            mode: {"sparsity": quantized["sparsity"],
+                                   "unique_per_channel": quantized["unique_per_channel"]},
+                            "preserved": kept}
+        if not kept:
+            lost.append(f"{name}: sparsity {float_stats['sparsity']} -> "
+                        f"{quantized['sparsity']}, values {float_stats['unique']} -> "
+                        f"{quantized['unique_per_channel']} per channel")
+    if lost:
+        raise StepError(f"{mode} quantization undid pruning or clustering in "
+                        f"{len(lost)} layer(s):\n  " + "\n  ".join(lost) +
+                        "\nExclude these layers from prune/cluster, or quantize them in float "
+                        "with quantize.keep_float.")
+    return {"layers": layers, "preserved": True}
 
 
 def onnx(ctx: StepContext) -> dict:

@@ -1,0 +1,101 @@
+"""prune and cluster: tfmot rewrites of the Keras model, before quantization.
+
+Each step takes a tf_keras model and gives one back (an .h5, whose bytes are
+reproducible), fine-tuned on data.train when the recipe gives it, one-shot
+otherwise. What it did, measured on the stripped model, goes into the step's facts
+and from there into the lock file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from edgebuild.worker import StepContext
+
+
+def prune(ctx: StepContext) -> dict:
+    from edgebuild.toolchains import tfmot
+
+    params = ctx.params
+    what = params["structure"] or f"{params['sparsity']:g} sparsity"
+    model, tuning = _start(ctx, f"pruning to {what}")
+    pruned, names = tfmot.prune(model, params, tuning)
+    layers = tfmot.weight_stats(pruned, names)
+    total = sum(s["weights"] for s in layers.values())
+    zeros = sum(s["weights"] * s["sparsity"] for s in layers.values())
+    _save(pruned, ctx.output("model", "model.h5"))
+    return {"facts": {"sparsity": round(zeros / total, 4) if total else 0.0,
+                      "layers": {n: {"sparsity": s["sparsity"]} for n, s in layers.items()},
+                      "fine_tuned": bool(tuning.epochs)}}
+
+
+def cluster(ctx: StepContext) -> dict:
+    from edgebuild.toolchains import tfmot
+
+    params = ctx.params
+    model, tuning = _start(ctx, f"clustering into {params['clusters']} centroids per layer")
+    clustered, names = tfmot.cluster(model, params, tuning)
+    layers = tfmot.weight_stats(clustered, names)
+    _save(clustered, ctx.output("model", "model.h5"))
+    return {"facts": {"layers": {n: {"unique": s["unique"], "sparsity": s["sparsity"]}
+                                 for n, s in layers.items()},
+                      "fine_tuned": bool(tuning.epochs)}}
+
+
+def _start(ctx: StepContext, doing: str):
+    """Seeded, deterministic TensorFlow; the input model; what to fine-tune on."""
+    import tensorflow as tf
+    import tf_keras
+
+    from edgebuild.toolchains import tfmot
+    from edgebuild.toolchains.tf import load_keras
+
+    params = ctx.params
+    train = params.get("train") or {}
+    tf_keras.utils.set_random_seed(train.get("seed", 0))
+    tf.config.experimental.enable_op_determinism()  # same inputs, same bytes
+    model = load_keras(ctx.inputs["model"])
+    x = y = None
+    if params["epochs"]:
+        x, y = _training_data(ctx, train)
+        ctx.progress(f"{doing}, fine-tuning {params['epochs']} epochs on {len(x)} samples")
+    else:
+        ctx.progress(f"{doing}, one-shot")
+
+    def on_epoch(epoch: int, logs: dict) -> None:
+        ctx.progress(f"epoch {epoch + 1}/{params['epochs']}: loss {logs.get('loss', 0):.4f}")
+
+    tuning = tfmot.FineTuning(x=x, y=y, loss=train.get("loss", "mse"), epochs=params["epochs"],
+                              batch_size=train.get("batch_size", 32),
+                              learning_rate=params["learning_rate"], on_epoch=on_epoch)
+    return model, tuning
+
+
+def _training_data(ctx: StepContext, train: dict):
+    from edgebuild.data import load_labelled
+    from edgebuild.errors import StepError
+    from edgebuild.toolchains.tf import run_source
+
+    names = None
+    if "labels" in ctx.inputs:
+        names = [line.strip() for line in ctx.inputs["labels"].read_text().splitlines()
+                 if line.strip()]
+    x, y = load_labelled(ctx.inputs["train"], train, names)
+    if train["loss"] == "distill":
+        # The source model's own outputs are the targets: no labels needed.
+        _, y = run_source(ctx.inputs["teacher"], "keras", x, ctx.outdir.parent)
+        y = y[0] if len(y) == 1 else y
+    elif y is None:
+        raise StepError(f"data.train: loss {train['loss']} needs labels, and "
+                        f"{ctx.inputs['train'].name} has none (an .npz needs y; a folder "
+                        "needs class sub-folders); or use loss: distill")
+    return x, y
+
+
+def _save(model, path: Path) -> None:
+    # HDF5, not .keras: tf_keras writes .keras zips with a timestamp, .h5 files are
+    # byte-identical for identical weights.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "HDF5 is a legacy format"
+        model.save(path, include_optimizer=False)

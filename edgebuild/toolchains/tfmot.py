@@ -1,0 +1,240 @@
+"""tensorflow-model-optimization behind a small adapter.
+
+Choose the layers a recipe names, check that tfmot supports each of them before any
+work starts, wrap them, fine-tune or apply one-shot, strip the wrappers, and measure
+what was done. tfmot's own errors never reach the user raw.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgebuild.errors import StepError
+
+CENTROID_INIT = {"kmeans++": "KMEANS_PLUS_PLUS", "linear": "LINEAR",
+                 "density": "DENSITY_BASED", "random": "RANDOM"}
+
+
+@dataclass
+class FineTuning:
+    """How to fine-tune: data, loss and schedule. epochs == 0 means one-shot."""
+
+    x: np.ndarray | None
+    y: object  # array, list of arrays (multi-output), or None
+    loss: str
+    epochs: int
+    batch_size: int
+    learning_rate: float | None
+    on_epoch: Callable[[int, dict], None] = lambda epoch, logs: None
+
+    @property
+    def steps(self) -> int:
+        if not self.epochs:
+            return 0
+        return self.epochs * -(-len(self.x) // self.batch_size)
+
+
+# -- layer selection ---------------------------------------------------------------
+
+def leaf_layers(model) -> list:
+    """Every layer that does work, looking inside nested models, without InputLayers."""
+    import tf_keras
+
+    found = []
+    for layer in model.layers:
+        if isinstance(layer, tf_keras.Model):
+            found += leaf_layers(layer)
+        elif not isinstance(layer, tf_keras.layers.InputLayer):
+            found.append(layer)
+    return found
+
+
+def _matches(layer, patterns) -> bool:
+    return any(fnmatch.fnmatchcase(layer.name, p) or type(layer).__name__ == p
+               for p in patterns)
+
+
+def choose(model, slot: str, include, exclude, supports: Callable) -> list:
+    """The layers to wrap; a StepError naming every unsupported layer if any is chosen."""
+    layers = leaf_layers(model)
+    for option, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns:
+            if not any(_matches(layer, [pattern]) for layer in layers):
+                names = ", ".join(layer.name for layer in layers)
+                raise StepError(f"{slot}.{option}: '{pattern}' matches no layer name or type "
+                                f"of this model (its layers: {names})")
+    chosen = [layer for layer in layers
+              if (not include or _matches(layer, include)) and not _matches(layer, exclude)]
+    unsupported = [layer for layer in chosen if not supports(layer)]
+    if unsupported:
+        listing = "\n".join(f"  - '{layer.name}' ({type(layer).__name__})"
+                            for layer in unsupported)
+        names = ", ".join(layer.name for layer in unsupported)
+        raise StepError(
+            f"tfmot cannot {slot} {len(unsupported)} layer(s) of this model:\n{listing}\n"
+            f"Leave them out with `{slot}: {{exclude: [{names}]}}` on the target (layer types "
+            f"work too, e.g. exclude: [{type(unsupported[0]).__name__}]), or list the layers "
+            f"to {slot} with `{slot}: {{include: [...]}}`.")
+    return chosen
+
+
+def _rewrap(model, chosen: list, wrap: Callable):
+    """Clone `model`, wrapping the chosen layers (nested models are cloned through)."""
+    import tf_keras
+
+    chosen_ids = {id(layer) for layer in chosen}
+
+    def clone(layer):
+        # As tfmot does: wrappers take the original layer (and so its weights), the
+        # other layers are reused as they are.
+        if isinstance(layer, tf_keras.Model):
+            return tf_keras.models.clone_model(layer, clone_function=clone)
+        if isinstance(layer, tf_keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        return wrap(layer) if id(layer) in chosen_ids else layer
+
+    try:
+        return tf_keras.models.clone_model(model, clone_function=clone)
+    except ValueError as exc:  # tfmot's refusal of a layer it has no rule for
+        raise StepError(f"tfmot refused the model: {exc}") from None
+
+
+# -- prune -------------------------------------------------------------------------
+
+def prune(model, params: dict, tuning: FineTuning):
+    """prune_low_magnitude on the chosen layers; returns the stripped model."""
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.sparsity.keras import (
+        prunable_layer,
+        prune_registry,
+        pruning_wrapper,
+    )
+
+    def supports(layer) -> bool:
+        return (isinstance(layer, prunable_layer.PrunableLayer)
+                or hasattr(layer, "get_prunable_weights")
+                or prune_registry.PruneRegistry.supports(layer))
+
+    chosen = choose(model, "prune", params["include"], params["exclude"], supports)
+    schedule = _schedule(params, tuning)
+    m_by_n = tuple(int(v) for v in params["structure"].split(":")) if params["structure"] \
+        else None
+    sparsity = tfmot.sparsity.keras
+    wrapped = _rewrap(model, chosen, lambda layer: sparsity.prune_low_magnitude(
+        layer, pruning_schedule=schedule, sparsity_m_by_n=m_by_n))
+    wrappers = [layer for layer in leaf_layers(wrapped)
+                if isinstance(layer, pruning_wrapper.PruneLowMagnitude)]
+    if tuning.epochs:
+        _fit(wrapped, tuning, [sparsity.UpdatePruningStep()])
+    else:
+        # One-shot: set the masks once, at the step where the schedule prunes
+        # (m:n masks are computed at step 1), and apply them.
+        step = 1 if m_by_n else params["begin_step"]
+        for layer in wrappers:
+            layer.pruning_step.assign(step)
+            layer.pruning_obj.conditional_mask_update()
+            layer.pruning_obj.weight_mask_op()
+    return sparsity.strip_pruning(wrapped), [layer.layer.name for layer in wrappers]
+
+
+def _schedule(params: dict, tuning: FineTuning):
+    from tensorflow_model_optimization.sparsity import keras as sparsity
+
+    begin = params["begin_step"]
+    if not tuning.epochs:  # one-shot: prune once, to the target
+        return sparsity.ConstantSparsity(params["sparsity"], begin_step=begin, frequency=1)
+    last = tuning.steps - 1
+    if begin >= last:
+        raise StepError(f"prune.begin_step {begin} is not before the last fine-tuning step "
+                        f"({last}: {tuning.epochs} epochs of {tuning.steps // tuning.epochs} "
+                        "steps); lower begin_step or train longer")
+    frequency = params["frequency"]
+    if params["schedule"] == "constant":
+        return sparsity.ConstantSparsity(params["sparsity"], begin_step=begin,
+                                         frequency=frequency)
+    end = min(params["end_step"] or last, last)
+    # Masks only change every `frequency` steps, so the ramp must land on one of them
+    # or the final sparsity is never reached; short fine-tunes get a finer frequency.
+    frequency = max(1, min(frequency, (end - begin) // 10 or 1))
+    end = begin + (end - begin) // frequency * frequency
+    return sparsity.PolynomialDecay(initial_sparsity=params["initial_sparsity"],
+                                    final_sparsity=params["sparsity"], begin_step=begin,
+                                    end_step=end, frequency=frequency)
+
+
+# -- cluster -----------------------------------------------------------------------
+
+def cluster(model, params: dict, tuning: FineTuning):
+    """cluster_weights on the chosen layers (sparsity-preserving if asked); stripped."""
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.clustering.keras import (
+        clusterable_layer,
+        clustering_registry,
+    )
+    from tensorflow_model_optimization.python.core.clustering.keras.experimental import (
+        cluster as experimental,
+    )
+
+    def supports(layer) -> bool:
+        return (isinstance(layer, clusterable_layer.ClusterableLayer)
+                or clustering_registry.ClusteringRegistry.supports(layer))
+
+    chosen = choose(model, "cluster", params["include"], params["exclude"], supports)
+    chosen = [layer for layer in chosen if layer.trainable_weights]  # nothing to share
+    init = tfmot.clustering.keras.CentroidInitialization[CENTROID_INIT[params["init"]]]
+    wrapped = _rewrap(model, chosen, lambda layer: experimental.cluster_weights(
+        layer, number_of_clusters=params["clusters"], cluster_centroids_init=init,
+        preserve_sparsity=params["preserve_sparsity"]))
+    if tuning.epochs:
+        _fit(wrapped, tuning, [])
+    return tfmot.clustering.keras.strip_clustering(wrapped), [layer.name for layer in chosen]
+
+
+# -- fine-tuning and measurement ----------------------------------------------------
+
+def _fit(model, tuning: FineTuning, callbacks: list) -> None:
+    import tf_keras
+
+    class Progress(tf_keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            tuning.on_epoch(epoch, logs or {})
+
+    model.compile(optimizer=tf_keras.optimizers.Adam(tuning.learning_rate),
+                  loss=_loss(model, tuning.loss))
+    model.fit(tuning.x, tuning.y, batch_size=tuning.batch_size, epochs=tuning.epochs,
+              shuffle=True, verbose=0, callbacks=[*callbacks, Progress()])
+
+
+def _loss(model, name: str):
+    import tf_keras
+
+    if name in ("mse", "distill"):
+        return tf_keras.losses.MeanSquaredError()
+    # Classifiers end in a softmax or in logits; the loss must know which.
+    last = model.layers[-1]
+    last = getattr(last, "layer", last)  # through a tfmot wrapper
+    probabilities = (type(last).__name__ == "Softmax"
+                     or getattr(getattr(last, "activation", None), "__name__", "") == "softmax")
+    cls = {"sparse_categorical_crossentropy": tf_keras.losses.SparseCategoricalCrossentropy,
+           "categorical_crossentropy": tf_keras.losses.CategoricalCrossentropy}[name]
+    return cls(from_logits=not probabilities)
+
+
+def weight_stats(model, names: list[str]) -> dict[str, dict]:
+    """Per named layer: the sparsity and the most unique values of any kernel."""
+    stats = {}
+    for layer in leaf_layers(model):
+        if layer.name not in names:
+            continue
+        kernels = [w.numpy() for w in layer.weights if len(w.shape) >= 2]
+        if not kernels:
+            continue
+        flat = np.concatenate([k.ravel() for k in kernels])
+        stats[layer.name] = {"weights": int(flat.size),
+                             "sparsity": round(float(np.mean(flat == 0)), 4),
+                             "unique": int(max(np.unique(k).size for k in kernels))}
+    return stats
