@@ -153,7 +153,7 @@ def _step_report(state: StepState, executor, failures: dict[str, str], project) 
 
 def _finish_targets(project: Project, settings: Settings, steps: list[StepReport]) -> dict:
     """Publish finished bundles, record them in the lock file, say how each target did."""
-    from edgebuild.dist import publish
+    from edgebuild.dist import archive_path, publish
 
     by_id = dict(zip((n.id for n in project.graph.order()), steps, strict=True))
     targets, records = {}, {}
@@ -166,13 +166,17 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
             continue
         dest = project.bundle_dir(settings, target)
         try:
-            publish(project.cache, bundle_entry.outputs["bundle"], dest)
+            publish(project.cache, bundle_entry.outputs["bundle"], dest,
+                    bundle_entry.outputs.get("archive"))
         except CorruptBlob as exc:
             targets[target] = {"status": "failed", "failed_steps": ["bundle"], "bundle": None,
                                "message": str(exc)}
             continue
         deferred = any(s.status == "deferred" for s in chain_steps)
         targets[target] = {"status": "deferred" if deferred else "ok", "bundle": str(dest)}
+        if "archive" in bundle_entry.outputs:
+            targets[target]["archive"] = {"path": str(archive_path(dest)),
+                                          "bytes": bundle_entry.outputs["archive"].size}
         records[target] = _lock_record(project, target, chain)
     if records:
         recipe = project.recipe

@@ -124,6 +124,8 @@ def _print_summary(report) -> None:
     extra = "".join(f", {counts[k]} {k}" for k in ("deferred", "skipped") if counts[k])
     for name, target in report.targets.items():
         where = target["bundle"] or "no bundle: " + ", ".join(target.get("failed_steps", []))
+        if target.get("archive"):
+            where += f"  ({_size(target['archive']['bytes'])} .tar.gz)"
         print(f"  {name:<16} {target['status']:<9} {where}")
     print(f"{report.recipe}: {counts['total']} steps: {counts['cached']} cached, "
           f"{counts['executed']} executed, {counts['failed']} failed{extra} "
@@ -133,6 +135,12 @@ def _print_summary(report) -> None:
 def _print_warnings(recipe) -> None:
     for warning in recipe.warnings:
         print(f"warning: {warning}", file=sys.stderr)
+
+
+def _size(n: int) -> str:
+    if n < 1000:
+        return f"{n} B"
+    return f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB"
 
 
 def cmd_plan(args) -> int:
@@ -200,6 +208,9 @@ def cmd_devices(args) -> int:
         return 0
     for name, profile in catalog.items():
         steps = ", ".join(f"{k} {v}" for k, v in profile.get("steps", {}).items())
+        extra = ", ".join(f"{k} {v}" for k, v in profile.get("with_training_data", {}).items())
+        if extra:
+            steps += f"; given data.train: {extra}"
         print(f"{name:<14} {profile['runtime']:<16} {profile['format']:<7} {steps}")
         print(f"{'':<14} {profile['description']}")
     return 0

@@ -31,10 +31,32 @@ def is_published(cache: Cache, bundle: Output, dest: Path) -> bool:
     return present == {rel: entry[1] for rel, entry in listing.items()}
 
 
-def publish(cache: Cache, bundle: Output, dest: Path) -> bool:
-    """Make `dest` hold exactly this bundle. Returns True if anything was written."""
-    if is_published(cache, bundle, dest):
-        return False
+def publish(cache: Cache, bundle: Output, dest: Path, archive: Output | None = None) -> bool:
+    """Make `dest` hold exactly this bundle, and `dest`.tar.gz its archive. Returns True
+    if anything was written."""
+    wrote = False
+    if not is_published(cache, bundle, dest):
+        _swap_in(cache, bundle, dest)
+        wrote = True
+    if archive is not None:
+        path = archive_path(dest)
+        if wrote or not (path.is_file() and path.stat().st_size == archive.size):
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{path.name}.")
+            os.close(fd)
+            try:
+                cache.materialize(archive, Path(tmp))
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            wrote = True
+    return wrote
+
+
+def archive_path(dest: Path) -> Path:
+    return dest.with_name(f"{dest.name}.tar.gz")
+
+
+def _swap_in(cache: Cache, bundle: Output, dest: Path) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.new-"))
     try:
@@ -49,7 +71,6 @@ def publish(cache: Cache, bundle: Output, dest: Path) -> bool:
                 os.replace(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return True
 
 
 @contextmanager

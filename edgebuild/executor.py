@@ -19,6 +19,7 @@ from pathlib import Path
 from edgebuild.cache import Cache, Entry
 from edgebuild.console import Console
 from edgebuild.errors import BuildError
+from edgebuild.fsutil import file_sizes
 from edgebuild.graph import Node
 from edgebuild.plan import Resolver
 
@@ -43,17 +44,16 @@ class Executor:
         return entry is not None
 
     def build(self, node: Node) -> bool:
-        label = node.label
-        self.console.step_started(label, node.targets)
+        self.console.step_started(node)
         try:
             entry = self._build(node)
         except (BuildError, OSError) as exc:  # OSError: e.g. a full disk while committing
             message = str(exc) if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
             self.outcomes[node.id] = Outcome("failed", message)
-            self.console.step_failed(label, message)
+            self.console.step_failed(node, message)
             return False
         self.outcomes[node.id] = Outcome(entry.status)
-        self.console.step_finished(label, entry.status)
+        self.console.step_finished(node, entry.status)
         return True
 
     def _build(self, node: Node) -> Entry:
@@ -78,7 +78,7 @@ class Executor:
                     continue
                 outputs[name] = self.cache.put_file(path)
                 if name == "model":  # the artifact each optimization step produces
-                    facts["size"] = _sizes(path)
+                    facts["size"] = file_sizes(path)
             meta = {**result["meta"], "status": result["status"], "facts": facts,
                     "seconds": round(time.monotonic() - started, 3)}
             entry = self.cache.commit(key, node.kind, doc, outputs, meta)
@@ -100,10 +100,11 @@ class Executor:
         chain = []
         for up_id in node.chain:
             entry = self.resolver.entry_of(up_id)
+            impl = self.resolver.graph.nodes[up_id].impl
             chain.append({"kind": entry.kind, "impl": entry.doc["impl"], "key": entry.key,
                           "params": entry.doc["params"], "toolchain": entry.doc["toolchain"],
-                          "inputs": entry.doc["inputs"],
-                          "status": entry.status})
+                          "inputs": entry.doc["inputs"], "facts": entry.meta.get("facts", {}),
+                          "status": entry.status, "nondeterministic": impl.nondeterministic})
         return chain
 
     def _spawn(self, job: dict, work: Path, node: Node) -> dict:
@@ -120,7 +121,7 @@ class Executor:
             for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip()
                 if line.startswith("@progress "):
-                    self.console.step_progress(node.label, line[len("@progress "):])
+                    self.console.step_progress(node, line[len("@progress "):])
                 else:
                     log.write(raw)
             proc.wait()
@@ -142,19 +143,6 @@ class Executor:
             message = f"{message}: {last[0]} (full log: {saved})" if last[0] else \
                 f"{message} (full log: {saved})"
         return message
-
-
-def _sizes(path: Path) -> dict:
-    """Raw and gzip size: pruning and clustering only pay off once compressed."""
-    import zlib
-
-    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: the gzip format
-    gzip_bytes = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            gzip_bytes += len(compressor.compress(chunk))
-    gzip_bytes += len(compressor.flush())
-    return {"bytes": path.stat().st_size, "gzip_bytes": gzip_bytes}
 
 
 def _in_process(job: dict) -> dict:

@@ -23,6 +23,9 @@ class Impl:
     # Outputs that differ from host to host (timings): kept in the cache for reports,
     # left out of lock files so that those stay identical for identical builds.
     volatile: tuple[str, ...] = ()
+    # Why the same inputs may not give the same bytes, where a toolchain cannot
+    # promise that; bundle manifests say so.
+    nondeterministic: str = ""
 
     @property
     def kind(self) -> str:
@@ -37,7 +40,9 @@ IMPLS = {impl.name: impl for impl in (
     Impl("cluster.tfmot", 1, "edgebuild.steps.optimize:cluster", TFMOT),
     Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite", (*TF, "numpy", "pillow")),
     Impl("quantize.onnx", 1, "edgebuild.steps.quantize:onnx", ("onnx", "onnxruntime")),
-    Impl("compile.tensorrt", 1, "edgebuild.steps.compile:tensorrt", ("tensorrt",), heavy=False),
+    Impl("compile.tensorrt", 1, "edgebuild.steps.compile:tensorrt", ("tensorrt",), heavy=False,
+         nondeterministic="TensorRT times candidate kernels while building, so engines built "
+                          "from the same ONNX can differ"),
     Impl("compile.edgetpu", 1, "edgebuild.steps.compile:edgetpu", (), heavy=False),
     Impl("baseline.tf", 1, "edgebuild.steps.baseline:run_tf", (*TF, "numpy", "pillow")),
     Impl("baseline.onnx", 1, "edgebuild.steps.baseline:run_onnx",
@@ -46,5 +51,5 @@ IMPLS = {impl.name: impl for impl in (
          ("ai-edge-litert", "numpy", "pillow"), volatile=("report",)),
     Impl("validate.onnx", 1, "edgebuild.steps.validate:run", ("onnxruntime", "numpy", "pillow"),
          volatile=("report",)),
-    Impl("bundle", 1, "edgebuild.steps.bundle:run", (), heavy=False),
+    Impl("bundle", 2, "edgebuild.steps.bundle:run", (), heavy=False),
 )}

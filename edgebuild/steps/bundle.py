@@ -1,4 +1,5 @@
-"""bundle: the release folder for one target, with a manifest that describes it.
+"""bundle: the release folder for one target, with a manifest that describes it, and
+the same folder as a .tar.gz (the download size, where pruning and clustering show).
 
 Only reproducible content goes in: the artifact, labels, deferred-build scripts and
 the manifest. No timestamps, host names, timings or absolute paths, so the same
@@ -7,12 +8,15 @@ inputs give the same bytes in any checkout and any cache.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import os
 import shutil
+import tarfile
 from pathlib import Path
 
-from edgebuild.fsutil import canonical_json, pretty_json
+from edgebuild.fsutil import canonical_json, file_sizes, pretty_json
 from edgebuild.worker import StepContext
 
 MANIFEST_VERSION = 1
@@ -34,12 +38,28 @@ def run(ctx: StepContext) -> dict:
         deferred = next((c for c in ctx.chain if c["status"] == "deferred"), None)
     manifest = _manifest(ctx, artifact_name, folder, deferred)
     (folder / "manifest.json").write_bytes(pretty_json(manifest))
+    _archive(folder, ctx.output("archive", "bundle.tar.gz"), ctx.params["target"])
     return {"files": sorted(manifest["files"])}
+
+
+def _archive(folder: Path, dest: Path, prefix: str) -> None:
+    """The bundle as one reproducible .tar.gz: sorted regular files under `prefix/`,
+    no owners, no timestamps (in the tar headers or the gzip header)."""
+    with open(dest, "wb") as raw, \
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz, \
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for path in sorted(folder.iterdir()):
+            info = tarfile.TarInfo(f"{prefix}/{path.name}")
+            info.size, info.mtime = path.stat().st_size, 0
+            info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+            with open(path, "rb") as handle:
+                tar.addfile(info, handle)
 
 
 def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict | None) -> dict:
     params = ctx.params
     chain = [{"kind": c["kind"], "key": c["key"], "params": c["params"],
+              **({"facts": c["facts"]} if c.get("facts") else {}),
               **({"status": "deferred"} if c["status"] == "deferred" else {})}
              for c in ctx.chain]
     toolchain = {}
@@ -49,7 +69,7 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
                 "device": ctx.device, "chain": [[c["kind"], c["params"]] for c in chain],
                 "source": ctx.digests.get("model")}
     artifact = {"file": artifact_name, "format": ctx.device["format"],
-                "precision": params["precision"]}
+                "precision": params["precision"], **file_sizes(folder / artifact_name)}
     if deferred:
         artifact["deferred"] = (f"{deferred['kind']} runs on the device: "
                                 "see the script in this bundle")
@@ -59,6 +79,7 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
                    "digest": hashlib.sha256(canonical_json(resolved)).hexdigest()},
         "target": params["target"], "device": ctx.device, "artifact": artifact,
         "chain": chain, "toolchain": dict(sorted(toolchain.items())),
+        "reproducible": _reproducible(ctx.chain),
         "files": {p.name: {"sha256": _sha256(p), "size": p.stat().st_size}
                   for p in sorted(folder.iterdir())},
     }
@@ -67,6 +88,13 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
         manifest["validation"] = {"passed": verdict["passed"], "samples": verdict["samples"],
                                   "data": _validation_digest(ctx)}
     return manifest
+
+
+def _reproducible(chain: list[dict]) -> dict:
+    """Whether rebuilding from the same inputs gives the same bytes, and if not, why."""
+    caveats = [{"step": c["kind"], "why": c["nondeterministic"]} for c in chain
+               if c.get("nondeterministic")]
+    return {"bytes": not caveats, **({"caveats": caveats} if caveats else {})}
 
 
 def _validation_digest(ctx: StepContext) -> str | None:
