@@ -187,6 +187,10 @@ class _Resolver:
             if quantize.io != "float32" and quantize.mode != "int8":
                 self.complain((*where, "quantize", "io"),
                               f"io: {quantize.io} needs mode: int8 (full-integer)")
+            if not quantize.per_channel and (quantize.mode not in ("int8", "int16x8")
+                                             or fmt != "tflite"):
+                self.complain((*where, "quantize", "per_channel"), "per_channel applies to "
+                              "TFLite int8 and int16x8 weights; drop it")
             if quantize.keep_float and (quantize.mode != "int8" or fmt != "tflite"
                                         or quantize.io != "float32"):
                 self.complain((*where, "quantize", "keep_float"),

@@ -47,9 +47,9 @@ IMPLS = {impl.name: impl for impl in (
     Impl("baseline.tf", 1, "edgebuild.steps.baseline:run_tf", (*TF, "numpy", "pillow")),
     Impl("baseline.onnx", 1, "edgebuild.steps.baseline:run_onnx",
          ("onnxruntime", "numpy", "pillow")),
-    Impl("validate.tflite", 1, "edgebuild.steps.validate:run",
+    Impl("validate.tflite", 2, "edgebuild.steps.validate:run",
          ("ai-edge-litert", "numpy", "pillow"), volatile=("report",)),
-    Impl("validate.onnx", 1, "edgebuild.steps.validate:run", ("onnxruntime", "numpy", "pillow"),
+    Impl("validate.onnx", 2, "edgebuild.steps.validate:run", ("onnxruntime", "numpy", "pillow"),
          volatile=("report",)),
     Impl("bundle", 2, "edgebuild.steps.bundle:run", (), heavy=False),
 )}

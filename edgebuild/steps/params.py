@@ -72,6 +72,7 @@ class KeepFloat(Params):
 class QuantizeParams(Params):
     mode: str = "int8"
     io: str = "float32"
+    per_channel: bool = True
     keep_float: KeepFloat = KeepFloat()
 
     @classmethod
@@ -82,7 +83,8 @@ class QuantizeParams(Params):
 
     @property
     def precision(self) -> str:
-        return self.mode if self.io == "float32" else f"{self.mode}-io-{self.io}"
+        precision = self.mode if self.per_channel else f"{self.mode}-per-tensor"
+        return precision if self.io == "float32" else f"{precision}-io-{self.io}"
 
 
 @dataclass(frozen=True)

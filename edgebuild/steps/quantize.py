@@ -36,6 +36,9 @@ def tflite(ctx: StepContext) -> dict:
             else ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
         if io != "float32":
             converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
+        # The converter's own switch (used by its QuantizationDebugger too); per-tensor
+        # drops a float32 scale and an int64 zero point per output channel.
+        converter._experimental_disable_per_channel = not params["per_channel"]
         ctx.progress(f"calibrating on {len(samples)} samples")
     if keep_float["layers"] or keep_float["ops"]:
         flatbuffer, kept = _selective_int8(converter, samples, keep_float)

@@ -78,11 +78,13 @@ def _fidelity(pairs) -> list[dict]:
     for index, ref, out in pairs:
         a, b = ref.astype(np.float64).ravel(), out.astype(np.float64).ravel()
         noise = np.sum((a - b) ** 2)
-        denom = np.linalg.norm(a) * np.linalg.norm(b)
+        norms = np.linalg.norm(a) * np.linalg.norm(b)
+        # Two all-zero outputs agree; one all-zero output (a dead model) agrees with nothing.
+        cosine = float(np.dot(a, b) / norms) if norms else float(not a.any() and not b.any())
         results.append({
             "output": index,
             "max_abs_diff": float(np.max(np.abs(a - b))) if a.size else 0.0,
-            "cosine": float(np.dot(a, b) / denom) if denom else 1.0,
+            "cosine": cosine,
             # None: identical outputs, where SNR is infinite (and JSON has no infinity).
             "snr_db": float(10 * np.log10(np.sum(a ** 2) / noise)) if noise else None,
         })
