@@ -203,6 +203,11 @@ def _fit(model, tuning: FineTuning, callbacks: list) -> None:
         def on_epoch_end(self, epoch, logs=None):
             tuning.on_epoch(epoch, logs or {})
 
+    # BatchNorm stays in inference mode: re-estimating its statistics from a small
+    # fine-tuning set shifts every activation (the Keras fine-tuning advice).
+    for layer in leaf_layers(model):
+        if isinstance(getattr(layer, "layer", layer), tf_keras.layers.BatchNormalization):
+            layer.trainable = False
     model.compile(optimizer=tf_keras.optimizers.Adam(tuning.learning_rate),
                   loss=_loss(model, tuning.loss))
     model.fit(tuning.x, tuning.y, batch_size=tuning.batch_size, epochs=tuning.epochs,
