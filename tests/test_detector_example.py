@@ -1,4 +1,4 @@
-"""The shipped example builds for real: recipes/detector.yaml, six targets."""
+"""The shipped example builds for real: recipes/detector.yaml, seven targets."""
 
 from __future__ import annotations
 
@@ -21,10 +21,11 @@ def test_detector_recipe_builds_one_bundle_per_target(tmp_path):
     devices = {name: json.loads((project.dist / "detector" / name / "manifest.json").read_text())
                ["device"]["name"] for name in result["targets"]}
     assert devices == {"rpi4": "rpi4", "pixel": "android-gpu", "coral": "coral-edgetpu",
-                       "x86": "x86-cpu", "jetson": "jetson-orin", "server": "cloud-gpu"}
+                       "x86": "x86-cpu", "jetson": "jetson-orin", "server": "cloud-gpu",
+                       "rpi4-sparse": "rpi4"}
     assert {name: t["status"] for name, t in result["targets"].items()} == {
         "rpi4": "ok", "pixel": "ok", "coral": "deferred", "x86": "ok", "jetson": "deferred",
-        "server": "ok"}
+        "server": "ok", "rpi4-sparse": "ok"}
 
     from ai_edge_litert.interpreter import Interpreter
 
@@ -37,6 +38,10 @@ def test_detector_recipe_builds_one_bundle_per_target(tmp_path):
     sizes = {name: (project.dist / "detector" / name / "model.tflite").stat().st_size
              for name in ("rpi4", "pixel")}
     assert sizes["rpi4"] < sizes["pixel"] / 1.5  # int8 weights against fp16 weights
+    # Pruned and clustered, the same int8 model downloads much smaller.
+    archives = {name: result["targets"][name]["archive"]["bytes"]
+                for name in ("rpi4", "rpi4-sparse")}
+    assert archives["rpi4-sparse"] < archives["rpi4"] * 0.7, archives
 
     again = project.build()
     assert again["steps"]["executed"] == 0
