@@ -33,13 +33,13 @@ class Impl:
 
 
 IMPLS = {impl.name: impl for impl in (
-    Impl("convert.tflite", 1, "edgebuild.steps.convert:to_tflite", TF),
-    Impl("convert.onnx", 2, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx")),
-    Impl("convert.onnx-check", 1, "edgebuild.steps.convert:check_onnx", ("onnx",)),
+    Impl("convert.tflite", 2, "edgebuild.steps.convert:to_tflite", TF),
+    Impl("convert.onnx", 3, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx")),
+    Impl("convert.onnx-check", 2, "edgebuild.steps.convert:check_onnx", ("onnx",)),
     Impl("prune.tfmot", 2, "edgebuild.steps.optimize:prune", TFMOT),
     Impl("cluster.tfmot", 2, "edgebuild.steps.optimize:cluster", TFMOT),
     Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite", (*TF, "numpy", "pillow")),
-    Impl("quantize.onnx", 1, "edgebuild.steps.quantize:onnx", ("onnx", "onnxruntime")),
+    Impl("quantize.onnx", 2, "edgebuild.steps.quantize:onnx", ("onnx", "onnxruntime")),
     Impl("compile.tensorrt", 1, "edgebuild.steps.compile:tensorrt", ("tensorrt",), heavy=False,
          nondeterministic="TensorRT times candidate kernels while building, so engines built "
                           "from the same ONNX can differ"),
