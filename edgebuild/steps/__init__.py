@@ -36,7 +36,7 @@ IMPLS = {impl.name: impl for impl in (
     Impl("convert.tflite", 2, "edgebuild.steps.convert:to_tflite", TF),
     Impl("convert.onnx", 3, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx")),
     Impl("convert.onnx-check", 2, "edgebuild.steps.convert:check_onnx", ("onnx",)),
-    Impl("prune.tfmot", 2, "edgebuild.steps.optimize:prune", TFMOT),
+    Impl("prune.tfmot", 4, "edgebuild.steps.optimize:prune", TFMOT),
     Impl("cluster.tfmot", 2, "edgebuild.steps.optimize:cluster", TFMOT),
     Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite", (*TF, "numpy", "pillow")),
     Impl("quantize.onnx", 2, "edgebuild.steps.quantize:onnx", ("onnx", "onnxruntime")),

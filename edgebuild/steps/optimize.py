@@ -24,6 +24,12 @@ def prune(ctx: StepContext) -> dict:
     layers = tfmot.weight_stats(pruned, names)
     total = sum(s["weights"] for s in layers.values())
     zeros = sum(s["weights"] * s["sparsity"] for s in layers.values())
+    if total and zeros / total < params["sparsity"] / 2:
+        from edgebuild.errors import StepError
+
+        raise StepError(f"pruning reached {zeros / total:.2f} sparsity, far from the target "
+                        f"{params['sparsity']:g}: the schedule never updated the masks "
+                        "(begin_step or frequency beyond the fine-tuning steps?)")
     _save(pruned, ctx.output("model", "model.h5"))
     return {"facts": {"sparsity": round(zeros / total, 4) if total else 0.0,
                       "layers": {n: {"sparsity": s["sparsity"]} for n, s in layers.items()},

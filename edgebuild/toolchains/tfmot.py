@@ -147,7 +147,11 @@ def _schedule(params: dict, tuning: FineTuning):
     begin = params["begin_step"]
     if not tuning.epochs:  # one-shot: prune once, to the target
         return sparsity.ConstantSparsity(params["sparsity"], begin_step=begin, frequency=1)
-    last = tuning.steps - 1
+    # UpdatePruningStep advances its counter before the masks are updated, so the
+    # schedule first sees step 1: shift it, or a constant schedule starting at 0 (and
+    # updating every 100 steps) would never prune a short fine-tune at all.
+    begin += 1
+    last = tuning.steps
     if begin >= last:
         raise StepError(f"prune.begin_step {begin} is not before the last fine-tuning step "
                         f"({last}: {tuning.epochs} epochs of {tuning.steps // tuning.epochs} "
