@@ -11,9 +11,7 @@ import shutil
 from dataclasses import asdict
 
 from edgebuild.graph import Graph, Node
-from edgebuild.recipe.model import Recipe, Target
-
-KERAS_SLOTS = ("prune", "cluster")  # tfmot steps, in chain order
+from edgebuild.recipe.model import KERAS_SLOTS, Recipe, Target
 
 
 def compile_recipe(recipe: Recipe) -> Graph:
@@ -94,35 +92,19 @@ def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> tuple[st
         step = target.steps.get(slot)
         if step is None:
             continue
-        params = step.to_dict()
-        # Resolve the defaults that depend on the rest of the recipe, so that keys and
-        # lock files record what actually runs.
-        params["epochs"] = step.epochs if step.epochs is not None else (
-            train.epochs if train else 0)
-        if slot == "prune":
-            if step.m_by_n:
-                m, n = step.m_by_n
-                params["sparsity"] = m / n
-            params["schedule"] = step.schedule or (
-                "polynomial" if params["epochs"] else "constant")
-        else:
-            params["preserve_sparsity"] = (step.preserve_sparsity if step.preserve_sparsity
-                                           is not None else "prune" in target.steps)
+        params = step.to_dict()  # epochs, schedule etc. resolved by the recipe loader
         files, deps = {}, {}
         if model is None:
             files["model"] = recipe.source.path
         else:
             deps["model"] = model
-        if params["epochs"]:
-            params["learning_rate"] = step.learning_rate or train.learning_rate
+        if step.epochs:
             params["train"] = {**train.to_dict(), "preprocess": asdict(recipe.preprocess)}
             files["train"] = train.path
             if train.loss == "distill":
                 files["teacher"] = recipe.source.path  # outputs to match: the float source
             elif recipe.labels:
                 files["labels"] = recipe.labels  # class order for class-folder datasets
-        else:
-            params["learning_rate"] = None
         model = (graph.add(Node(f"{slot}.tfmot", params, files=files, deps=deps),
                            target.name), "model")
     return model

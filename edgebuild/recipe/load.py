@@ -7,6 +7,7 @@ before anything is hashed, built or written.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -15,6 +16,7 @@ from edgebuild.catalog import catalog_text, load_catalog
 from edgebuild.errors import Problem, RecipeError
 from edgebuild.recipe import yamlpos
 from edgebuild.recipe.model import (
+    KERAS_SLOTS,
     SLOTS,
     Dataset,
     Device,
@@ -27,7 +29,6 @@ from edgebuild.recipe.model import (
 from edgebuild.steps.params import SLOT_PARAMS, Budget
 
 ON_BY_DEFAULT = {"convert", "validate", "bundle"}  # the rest run where a profile asks
-KERAS_ONLY = ("prune", "cluster")  # tfmot rewrites Keras 2 (tf_keras) models
 QUANTIZE_MODES = {"tflite": {"fp16", "dynamic", "int8", "int16x8"}, "onnx": {"fp16", "dynamic"}}
 
 
@@ -217,7 +218,7 @@ class _Resolver:
 
     def _check_optimizations(self, where: tuple, spec: dict, steps: dict) -> None:
         """prune and cluster: a Keras 2 source, and fine-tuning where the options need it."""
-        for slot in KERAS_ONLY:
+        for slot in KERAS_SLOTS:
             params = steps.get(slot)
             if params is None:
                 continue
@@ -242,6 +243,21 @@ class _Resolver:
                           f"drop; {how}")
             if slot == "prune":
                 self._check_prune(at, spec.get("prune"), params, epochs)
+            steps[slot] = replace(params, **self._resolved(slot, params, epochs, steps))
+
+    def _resolved(self, slot: str, params, epochs: int, steps: dict) -> dict:
+        """Defaults that depend on the rest of the recipe, filled in once, so that step
+        keys and lock files record what actually runs."""
+        tunes = bool(epochs and self.train)  # else one-shot, or already a recipe error
+        resolved = {"epochs": epochs, "learning_rate": (
+            params.learning_rate or self.train.learning_rate) if tunes else None}
+        if slot == "prune":
+            resolved["schedule"] = params.schedule or ("polynomial" if epochs else "constant")
+            if params.m_by_n and params.m_by_n[0] < params.m_by_n[1]:
+                resolved["sparsity"] = params.m_by_n[0] / params.m_by_n[1]
+        elif params.preserve_sparsity is None:
+            resolved["preserve_sparsity"] = "prune" in steps
+        return resolved
 
     def _check_prune(self, at: tuple, raw, params, epochs: int) -> None:
         raw = raw if isinstance(raw, dict) else {}

@@ -8,6 +8,7 @@ from pathlib import Path
 # Step slots, in the order a chain runs them. A profile or target fills a slot with
 # parameters, or switches it off with `false`.
 SLOTS = ("convert", "prune", "cluster", "quantize", "compile", "validate", "bundle")
+KERAS_SLOTS = ("prune", "cluster")  # tfmot rewrites of a Keras 2 (tf_keras) model
 
 
 @dataclass(frozen=True)
