@@ -17,8 +17,9 @@ from edgebuild.console import Console
 from edgebuild.errors import UsageError
 from edgebuild.graph import Graph
 from edgebuild.lockfile import lock_keys, previous_steps, read_lock, step_record, write_lock
-from edgebuild.plan import Reason, Resolver, StepState, diff_docs
+from edgebuild.plan import Reason, Resolver, StepState, diff_docs, gate_of, rejected
 from edgebuild.recipe import Recipe, load_recipe
+from edgebuild.recipe.model import METRIC_LABELS, PRIMARY_METRIC
 
 
 @dataclass
@@ -43,6 +44,7 @@ class Project:
     cache: Cache
     resolver: Resolver
     lock: dict
+    selected: list[str] | None = None  # the targets asked for; None: all
 
     def bundle_dir(self, settings: Settings, target: str) -> Path:
         return settings.dist_dir / self.recipe.name / target
@@ -98,17 +100,41 @@ def open_project(recipe_path: str | Path, settings: Settings,
                  targets: list[str] | None = None) -> Project:
     cache = Cache(settings.cache_dir)
     recipe = load_recipe(recipe_path, memo=RecipeMemo(cache))
-    graph = compile_recipe(recipe)
     if targets:
         unknown = [t for t in targets if t not in recipe.targets]
         if unknown:
             raise UsageError(f"{recipe_path}: no target named {', '.join(map(repr, unknown))} "
                              f"(targets: {', '.join(recipe.targets)})")
-        graph = graph.subgraph(targets)
     cache.ensure()
     lock = read_lock(recipe.lock_path)
-    resolver = Resolver(graph, cache, cache.stat_cache(), previous_steps(lock))
-    return Project(recipe, graph, cache, resolver, lock)
+    project = Project(recipe, Graph(), cache, None, lock, targets)
+    _compile(project, {})
+    # Fallback ladders resume where the cache says their rungs already failed.
+    while moves := _next_rungs(project):
+        _compile(project, moves)
+    return project
+
+
+def _compile(project: Project, moves: dict[str, int]) -> None:
+    """(Re)build the step graph, with ladders at their current rungs plus `moves`."""
+    graph = compile_recipe(project.recipe, {**project.graph.rungs, **moves})
+    if project.selected:
+        graph = graph.subgraph(project.selected)
+    stat = project.resolver.stat if project.resolver else project.cache.stat_cache()
+    project.graph = graph
+    project.resolver = Resolver(graph, project.cache, stat, previous_steps(project.lock))
+
+
+def _next_rungs(project: Project) -> dict[str, int]:
+    """Ladder targets whose current rung has a rejected verdict, and a rung below it."""
+    moves = {}
+    for target, rung in project.graph.rungs.items():
+        gate = gate_of(project.graph, target)
+        entry = project.resolver.entry_of(gate) if gate else None
+        if entry is not None and rejected(entry) and \
+                rung + 1 < len(project.recipe.targets[target].fallback):
+            moves[target] = rung + 1
+    return moves
 
 
 def plan(project: Project) -> list[StepState]:
@@ -116,18 +142,38 @@ def plan(project: Project) -> list[StepState]:
 
 
 def build(project: Project, settings: Settings, console: Console) -> BuildReport:
-    from edgebuild.executor import Executor
+    """Run what is stale. A ladder whose rung misses its budget steps down a rung and
+    the build goes on, until every ladder holds its budget or runs out of rungs."""
+    from edgebuild.executor import Executor, Outcome
 
     started = time.monotonic()
-    states = plan(project)
     executor = Executor(project.cache, project.resolver, console)
-    to_run = [s.node for s in states if not s.cached]
     failures: dict[str, str] = {}
-    if to_run:
-        from edgebuild import engine  # doit is imported only when there is work
+    while True:
+        states = plan(project)
+        # A rejected verdict is cached, but must still fail its target in this run.
+        to_run = [s.node for s in states
+                  if not s.cached or executor.rejects(s.node, s.entry)]
+        if to_run:
+            from edgebuild import engine  # doit is imported only when there is work
 
-        console.say(f"{project.recipe.name}: {len(to_run)} of {len(states)} steps to run")
-        failures = engine.run(to_run, executor.is_built, executor.build, settings.jobs)
+            console.say(f"{project.recipe.name}: {len(to_run)} of {len(states)} steps to run")
+            failures.update(engine.run(to_run, executor.is_built, executor.build,
+                                       settings.jobs))
+        moves = _next_rungs(project)
+        if not moves:
+            break
+        for target, rung in moves.items():
+            gate = gate_of(project.graph, target)
+            outcome = executor.outcomes[gate]
+            # The rejection only moves the ladder; the step itself did its job.
+            executor.outcomes[gate] = Outcome("cached" if outcome.cached else "executed")
+            failures.pop(gate, None)
+            ladder = project.recipe.targets[target].fallback
+            console.say(f"  {target}: rung {ladder[rung - 1][0]} missed its budget; "
+                        f"stepping down to {ladder[rung][0]}")
+        _compile(project, moves)
+        executor.resolver = project.resolver
     steps = [_step_report(s, executor, failures, project) for s in states]
     targets = _finish_targets(project, settings, steps)
     return BuildReport(project.recipe.name, steps, targets, time.monotonic() - started)
@@ -160,9 +206,16 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
     for target, chain in project.graph.target_chains.items():
         chain_steps = [by_id[node_id] for node_id in chain]
         bundle_entry = project.resolver.entry_of(chain[-1])
+        ladder = _ladder(project, target)
         if any(s.status in ("failed", "skipped") for s in chain_steps) or bundle_entry is None:
             failed = [s.label for s in chain_steps if s.status == "failed"]
             targets[target] = {"status": "failed", "failed_steps": failed, "bundle": None}
+            gate = gate_of(project.graph, target)
+            verdict = project.resolver.entry_of(gate) if gate else None
+            if verdict is not None and rejected(verdict):
+                targets[target]["misses"] = verdict.meta["verdict"]["misses"]
+            if ladder:
+                targets[target]["fallback"] = ladder
             continue
         dest = project.bundle_dir(settings, target)
         try:
@@ -177,7 +230,9 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
         if "archive" in bundle_entry.outputs:
             targets[target]["archive"] = {"path": str(archive_path(dest)),
                                           "bytes": bundle_entry.outputs["archive"].size}
-        records[target] = _lock_record(project, target, chain)
+        if ladder:
+            targets[target]["fallback"] = ladder
+        records[target] = _lock_record(project, target, chain, ladder)
     if records:
         recipe = project.recipe
         source = {"path": os.path.relpath(recipe.source.path, recipe.folder),
@@ -189,7 +244,35 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
     return targets
 
 
-def _lock_record(project: Project, target: str, chain: list[str]) -> dict:
+def _ladder(project: Project, target: str) -> dict | None:
+    """A fallback ladder's outcome: each rung tried, with its misses, and the choice."""
+    rung = project.graph.rungs.get(target)
+    if rung is None:
+        return None
+    ladder = project.recipe.targets[target].fallback
+    validations = [i for i in project.graph.target_chains[target]
+                   if project.graph.nodes[i].kind == "validate"]
+    tried = []
+    for (name, _), node_id in zip(ladder, validations, strict=False):
+        entry = project.resolver.entry_of(node_id)
+        verdict = entry.meta.get("verdict", {}) if entry else {}
+        tried.append({"rung": name, "passed": verdict.get("passed"),
+                      "misses": [m["text"] for m in verdict.get("misses", [])]})
+    chosen = ladder[rung][0]
+    if tried and tried[-1]["passed"]:
+        reason = (f"{chosen} is the first rung within budget" if rung else
+                  f"{chosen}, the first rung, is within budget")
+        if rung:
+            reason += "; " + "; ".join(f"{t['rung']} missed {', '.join(t['misses'])}"
+                                       for t in tried[:-1])
+    else:
+        reason = "no rung is within budget"
+    return {"chosen": chosen if tried and tried[-1]["passed"] else None, "rung": rung,
+            "tried": tried, "reason": reason}
+
+
+def _lock_record(project: Project, target: str, chain: list[str],
+                 ladder: dict | None = None) -> dict:
     steps = []
     for node_id in chain:
         entry = project.resolver.entry_of(node_id)
@@ -199,7 +282,10 @@ def _lock_record(project: Project, target: str, chain: list[str]) -> dict:
         steps.append(step_record(entry.key, entry.doc, outputs, entry.status,
                                  entry.meta.get("facts")))
     device = project.recipe.targets[target].device.name
-    return {"device": device, "steps": steps}
+    record = {"device": device, "steps": steps}
+    if ladder:
+        record["fallback"] = {"chosen": ladder["chosen"], "reason": ladder["reason"]}
+    return record
 
 
 def explain(project: Project, step_ref: str) -> tuple[StepState, dict | None, list[Reason]]:
@@ -261,3 +347,93 @@ def clean(recipe_paths: list[str], settings: Settings, wipe_cache: bool) -> list
         Cache(settings.cache_dir).clear()
         removed.append(settings.cache_dir)
     return removed
+
+
+def report(project: Project, settings: Settings, built: BuildReport | None = None) -> dict:
+    """Write report.json, report.md and the Pareto plot beside the bundles, from what
+    the cache holds (so `edgebuild report` needs no build). Skips rendering when the
+    report has not changed, so no-op builds stay fast."""
+    import json
+
+    doc = report_doc(project, built)
+    folder = settings.dist_dir / project.recipe.name
+    paths = {"json": folder / "report.json", "md": folder / "report.md",
+             "png": folder / "pareto.png"}
+    try:
+        unchanged = json.loads(paths["json"].read_text()) == doc and \
+            all(p.exists() for p in paths.values())
+    except (OSError, ValueError):
+        unchanged = False
+    if not unchanged:
+        from edgebuild.report import render
+
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = render(doc, folder)
+    return {"doc": doc, "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def report_doc(project: Project, built: BuildReport | None = None) -> dict:
+    """One row per target: what it is, what validation measured, and whether it ships."""
+    import json
+
+    recipe, graph, resolver = project.recipe, project.graph, project.resolver
+    metric_key = PRIMARY_METRIC[recipe.task]
+    rows, host, baseline, float_latency = [], None, None, None
+    for target, chain in graph.target_chains.items():
+        bundle = graph.nodes[chain[-1]]
+        model_entry = resolver.entry_of(bundle.deps["model"][0])
+        size = (model_entry.meta.get("facts", {}).get("size") or {}) if model_entry else {}
+        row = {"target": target, "device": recipe.targets[target].device.name,
+               "format": recipe.targets[target].format,
+               "precision": bundle.params["precision"], "status": _target_status(
+                   project, target, built), "bytes": size.get("bytes"),
+               "gzip_bytes": size.get("gzip_bytes"), "metrics": None, "drop": None,
+               "fidelity": None, "latency": None, "speedup": None,
+               "budget": {"status": "none", "misses": []}, "rung": None}
+        gate = gate_of(graph, target)
+        entry = resolver.entry_of(gate) if gate else None
+        if entry is not None:
+            measured = json.loads(project.cache.read_blob(entry.outputs["report"].digest))
+            metric_key = measured["metric"]
+            baseline = baseline or measured["baseline"]
+            float_latency = float_latency or measured["float_latency"]
+            host = host or measured["latency"]["host_cpu"]
+            fidelity = measured["fidelity"]
+            snrs = [f["snr_db"] for f in fidelity if f["snr_db"] is not None]
+            agreement = measured["agreement"] or {}
+            row.update(
+                metrics=measured["metrics"], drop=measured["drop"],
+                fidelity={"cosine": min(f["cosine"] for f in fidelity),
+                          "snr_db": min(snrs) if snrs else None,
+                          "agreement": agreement.get("value"),
+                          "agreement_label": agreement.get("label")},
+                latency={k: measured["latency"][k] for k in ("median_ms", "p90_ms", "runs",
+                                                             "threads")},
+                speedup=measured["speedup"],
+                budget={"status": "pass" if measured["passed"] else "fail",
+                        "misses": measured["misses"]})
+        ladder = _ladder(project, target)
+        if ladder:
+            row["rung"] = {"chosen": ladder["chosen"], "tried": ladder["tried"]}
+        rows.append(row)
+    return {"recipe": recipe.name, "task": recipe.task, "metric": metric_key,
+            "metric_label": METRIC_LABELS[metric_key],
+            "host": {"cpu": host, "threads": 1, "note": "host latency, not device latency"},
+            "baseline": {"metrics": baseline, "latency": float_latency and {
+                k: float_latency[k] for k in ("median_ms", "p90_ms")}},
+            "targets": rows}
+
+
+def _target_status(project: Project, target: str, built: BuildReport | None) -> str:
+    if built is not None and target in built.targets:
+        return built.targets[target]["status"]
+    chain = project.graph.target_chains[target]
+    gate = gate_of(project.graph, target)
+    verdict = project.resolver.entry_of(gate) if gate else None
+    if verdict is not None and rejected(verdict):
+        return "failed"
+    bundle = project.resolver.entry_of(chain[-1])
+    if bundle is None:
+        return "pending"
+    deferred = any((e := project.resolver.entry_of(i)) and e.status == "deferred" for i in chain)
+    return "deferred" if deferred else "ok"

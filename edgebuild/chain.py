@@ -14,46 +14,37 @@ from edgebuild.graph import Graph, Node
 from edgebuild.recipe.model import KERAS_SLOTS, Recipe, Target
 
 
-def compile_recipe(recipe: Recipe) -> Graph:
+def compile_recipe(recipe: Recipe, rungs: dict[str, int] | None = None) -> Graph:
+    """`rungs`: how far down its fallback ladder each target has gone (default: the top)."""
     graph = Graph()
     for target in recipe.targets.values():
-        _add_target(graph, recipe, target)
+        _add_target(graph, recipe, target, (rungs or {}).get(target.name, 0))
     return graph
 
 
-def _add_target(graph: Graph, recipe: Recipe, target: Target) -> None:
+def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int) -> None:
     name = target.name
     device = {**target.device.profile(), "format": target.format, "runtime": target.runtime}
 
     # The plain float conversion: the artifact when nothing else runs, and what
     # validate measures speed-ups against.
     float_id = graph.add(_convert_node(recipe, target), name)
-    artifact = (float_id, "model")
     keras = _add_optimizations(graph, recipe, target)  # the pruned/clustered Keras model
 
-    quantize = target.steps.get("quantize")
-    if keras is not None and (target.format == "onnx" or quantize is None):
-        artifact = (graph.add(_convert_node(recipe, target, keras), name), "model")
-    if quantize is not None:
-        params = {**quantize.to_dict(), "source_format": recipe.source.format}
-        if target.format == "tflite":
-            # The TFLite converter quantizes while converting, so it starts again from
-            # the Keras model (the source, or the pruned/clustered one).
-            files, deps = {}, {}
-            if keras is None:
-                files["model"] = recipe.source.path
-            else:
-                deps["model"] = keras
-                params["source_format"] = "keras"
-            params["after"] = [slot for slot in KERAS_SLOTS if slot in target.steps]
-            params["integer_only"] = target.device.integer_only
-            if quantize.mode in ("int8", "int16x8"):
-                params["calibration"] = _data_params(recipe, recipe.calibration)
-                files["calibration"] = recipe.calibration.path
-            node = Node("quantize.tflite", params, files=files, deps=deps)
-        else:
-            node = Node("quantize.onnx", params, deps={"model": artifact})
-        artifact = (graph.add(node, name), "model")
+    # A fallback ladder: every rung down to the current one is built and validated;
+    # the earlier rungs' rejected verdicts go into the bundle, as the reason for this one.
+    rungs = target.fallback[:rung + 1] or [(None, target.steps.get("quantize"))]
+    verdicts = []
+    for rung_name, quantize in rungs:
+        artifact = _add_artifact(graph, recipe, target, float_id, keras, quantize)
+        if "validate" in target.steps:
+            verdicts.append((_add_validation(graph, recipe, target, artifact, float_id,
+                                             rung_name), "verdict"))
+    verdict, rejected = (verdicts[-1], verdicts[:-1]) if verdicts else (None, [])
+    if target.fallback:
+        graph.rungs[name] = rung
+    if verdict:
+        graph.gates.add(verdict[0])
 
     compiled = None
     compile_ = target.steps.get("compile")
@@ -67,21 +58,49 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target) -> None:
                     deps={"model": artifact}, device=where)
         compiled = (graph.add(node, name), "build")
 
-    verdict = None
-    if "validate" in target.steps:
-        verdict = (_add_validation(graph, recipe, target, artifact, float_id), "verdict")
-
     deps = {"model": artifact}
     if compiled:
         deps["build"] = compiled
     if verdict:
         deps["verdict"] = verdict
+    deps.update({f"rejected_{i}": v for i, v in enumerate(rejected)})
     files = {"labels": recipe.labels} if recipe.labels else {}
-    bundle = Node("bundle", {"recipe": recipe.name, "task": recipe.task, "target": name,
-                             "precision": _precision(target)},
-                  deps=deps, files=files, device=device,
+    params = {"recipe": recipe.name, "task": recipe.task, "target": name,
+              "precision": _precision(target, quantize)}
+    if target.fallback:
+        params["fallback"] = [r for r, _ in target.fallback]
+    bundle = Node("bundle", params, deps=deps, files=files, device=device,
                   chain=tuple(graph.target_chains[name]))
     graph.add(bundle, name)
+
+
+def _add_artifact(graph: Graph, recipe: Recipe, target: Target, float_id: str,
+                  keras: tuple[str, str] | None, quantize) -> tuple[str, str]:
+    """The artifact before any compile step: float, or quantized with `quantize`."""
+    artifact = (float_id, "model")
+    if keras is not None and (target.format == "onnx" or quantize is None):
+        artifact = (graph.add(_convert_node(recipe, target, keras), target.name), "model")
+    if quantize is None:
+        return artifact
+    params = {**quantize.to_dict(), "source_format": recipe.source.format}
+    if target.format == "tflite":
+        # The TFLite converter quantizes while converting, so it starts again from
+        # the Keras model (the source, or the pruned/clustered one).
+        files, deps = {}, {}
+        if keras is None:
+            files["model"] = recipe.source.path
+        else:
+            deps["model"] = keras
+            params["source_format"] = "keras"
+        params["after"] = [slot for slot in KERAS_SLOTS if slot in target.steps]
+        params["integer_only"] = target.device.integer_only
+        if quantize.mode in ("int8", "int16x8"):
+            params["calibration"] = _data_params(recipe, recipe.calibration)
+            files["calibration"] = recipe.calibration.path
+        node = Node("quantize.tflite", params, files=files, deps=deps)
+    else:
+        node = Node("quantize.onnx", params, deps={"model": artifact})
+    return graph.add(node, target.name), "model"
 
 
 def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> tuple[str, str] | None:
@@ -128,33 +147,37 @@ def _convert_node(recipe: Recipe, target: Target, keras: tuple[str, str] | None 
 
 
 def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[str, str],
-                    float_id: str) -> str:
+                    float_id: str, rung: str | None) -> str:
     data = _data_params(recipe, recipe.validation)
-    files = {"model": recipe.source.path, "data": recipe.validation.path}
-    if recipe.validation.annotations:
-        files["annotations"] = recipe.validation.annotations
-    # The source model's outputs on the validation set, computed once for all targets.
+    task = {"task": recipe.task, "decode": recipe.decode}
+    files = {"data": recipe.validation.path}
+    for name, path in (("annotations", recipe.validation.annotations),
+                       ("labels", recipe.labels), ("decoder", recipe.decoder_file)):
+        if path is not None:
+            files[name] = path
+    # The source model's outputs and metrics on the validation set, computed once for
+    # all targets.
     variant = "onnx" if recipe.source.format == "onnx" else "tf"
-    baseline = Node(f"baseline.{variant}", {"data": data, "task": recipe.task,
-                                            "source_format": recipe.source.format}, files=files)
+    baseline = Node(f"baseline.{variant}", {"data": data, **task,
+                                            "source_format": recipe.source.format},
+                    files={**files, "model": recipe.source.path})
     baseline_id = graph.add(baseline, target.name)
-    params = {**target.steps["validate"].to_dict(), "data": data, "task": recipe.task,
-              "budget": target.budget.to_dict()}
-    deps = {"model": artifact, "reference": (baseline_id, "outputs")}
+    params = {**target.steps["validate"].to_dict(), "data": data, **task,
+              "budget": target.budget.to_dict(), "rung": rung}
+    deps = {"model": artifact, "reference": (baseline_id, "outputs"),
+            "baseline": (baseline_id, "metrics")}
     if artifact[0] != float_id:
         deps["float"] = (float_id, "model")
-    node = Node(f"validate.{target.format}", params, deps=deps,
-                files={k: v for k, v in files.items() if k != "model"})
-    return graph.add(node, target.name)
+    return graph.add(Node(f"validate.{target.format}", params, deps=deps, files=files),
+                     target.name)
 
 
 def _data_params(recipe: Recipe, dataset) -> dict:
     return {"preprocess": asdict(recipe.preprocess), "count": dataset.count}
 
 
-def _precision(target: Target) -> str:
+def _precision(target: Target, quantize) -> str:
     compile_ = target.steps.get("compile")
     if compile_ is not None and compile_.compiler == "tensorrt":
         return compile_.precision
-    quantize = target.steps.get("quantize")
     return quantize.precision if quantize is not None else "float32"

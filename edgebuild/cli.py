@@ -19,6 +19,7 @@ examples:
   edgebuild build recipes/detector.yaml --target rpi4
   edgebuild plan recipes/detector.yaml         what is cached, what would run, and why
   edgebuild explain recipes/detector.yaml rpi4:quantize
+  edgebuild report recipes/detector.yaml       metrics, budgets and a Pareto plot per target
   edgebuild graph recipes/detector.yaml --format dot | dot -Tsvg > graph.svg
   edgebuild gc --dry-run
 
@@ -58,6 +59,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="diff a step's key against its last build")
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("step", metavar="TARGET:KIND", help="e.g. rpi4:quantize")
+    p = sub.add_parser("report", parents=[common],
+                       help="write report.md, report.json and pareto.png from the cache")
+    p.add_argument("recipe", metavar="RECIPE")
     p = sub.add_parser("graph", parents=[common], help="print the step graph")
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--format", choices=("mermaid", "dot"), default="mermaid")
@@ -110,12 +114,18 @@ def cmd_build(args) -> int:
     for project in projects:
         _print_warnings(project.recipe)
     reports = [api.build(p, settings, console) for p in projects]
+    # `all` ends with the comparison table and plot, as `edgebuild report` writes them.
+    written = [api.report(p, settings, r) if args.command == "all" else None
+               for p, r in zip(projects, reports, strict=True)]
     if args.json:
-        docs = [r.to_dict() for r in reports]
+        docs = [{**r.to_dict(), **({"report": w} if w else {})}
+                for r, w in zip(reports, written, strict=True)]
         print(json.dumps(docs[0] if len(docs) == 1 else {"recipes": docs}, indent=2))
     else:
-        for report in reports:
+        for report, w in zip(reports, written, strict=True):
             _print_summary(report)
+            if w:
+                print(f"  report: {w['paths']['md']}, {w['paths']['png']}")
     return 1 if any(r.failed for r in reports) else 0
 
 
@@ -130,6 +140,23 @@ def _print_summary(report) -> None:
     print(f"{report.recipe}: {counts['total']} steps: {counts['cached']} cached, "
           f"{counts['executed']} executed, {counts['failed']} failed{extra} "
           f"({report.seconds:.1f}s)")
+    failed = {name: t for name, t in report.targets.items() if t["status"] == "failed"}
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    for name, target in failed.items():
+        if target.get("misses"):
+            from edgebuild.budget import table
+
+            print(f"\n{name}: budget missed\n" + _indent(table(target["misses"])))
+        if target.get("fallback"):
+            print(f"  fallback ladder: {target['fallback']['reason']}")
+    for name, target in report.targets.items():
+        if target["status"] != "failed" and target.get("fallback", {}).get("rung"):
+            print(f"  {name}: {target['fallback']['reason']}")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in text.splitlines())
 
 
 def _print_warnings(recipe) -> None:
@@ -190,6 +217,24 @@ def cmd_explain(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from edgebuild import api
+
+    settings = _settings(args)
+    written = api.report(api.open_project(args.recipe, settings), settings)
+    if args.json:
+        print(json.dumps(written, indent=2))
+        return 0
+    doc = written["doc"]
+    for row in doc["targets"]:
+        value = (row["metrics"] or {}).get(doc["metric"])
+        shown = f"{doc['metric_label']} {value:.3f}" if value is not None else "not measured"
+        print(f"  {row['target']:<16} {row['precision']:<18} {shown:<20} "
+              f"budget {row['budget']['status']:<5} {row['status']}")
+    print(f"report: {written['paths']['md']}, {written['paths']['png']}")
+    return 0
+
+
 def cmd_graph(args) -> int:
     from edgebuild import api
     from edgebuild.graph import to_dot, to_mermaid
@@ -244,4 +289,5 @@ def cmd_gc(args) -> int:
 
 
 COMMANDS = {"all": cmd_build, "build": cmd_build, "plan": cmd_plan, "explain": cmd_explain,
-            "graph": cmd_graph, "devices": cmd_devices, "clean": cmd_clean, "gc": cmd_gc}
+            "report": cmd_report, "graph": cmd_graph, "devices": cmd_devices, "clean": cmd_clean,
+            "gc": cmd_gc}

@@ -56,6 +56,25 @@ def load_labelled(path: Path, params: dict, class_names: list[str] | None = None
     return _prepare([_read(f, pre) for f in files], pre), y
 
 
+def load_detection_set(folder: Path, annotations: dict,
+                       params: dict) -> tuple[np.ndarray, list[int]]:
+    """(x, image ids) for detection metrics: the annotations' images (file_name relative
+    to `folder`), sorted by file_name like every other dataset, first `count`."""
+    images = sorted(annotations["images"], key=lambda image: image["file_name"])
+    images = images[:params.get("count")]
+    if not images:
+        raise StepError(f"{folder}: the validation annotations list no images")
+    files = [folder / image["file_name"] for image in images]
+    missing = [image["file_name"] for image, f in zip(images, files, strict=True)
+               if not f.is_file()]
+    if missing:
+        raise StepError(f"{folder / missing[0]}: listed in the validation annotations "
+                        f"(images[].file_name '{missing[0]}') but not found; file_name is "
+                        f"relative to {folder} ({len(missing)} of {len(files)} missing)")
+    pre = params["preprocess"]
+    return _prepare([_read(f, pre) for f in files], pre), [image["id"] for image in images]
+
+
 def _images(folder: Path, count: int | None) -> list[Path]:
     files = image_files(folder)[:count]
     if not files:

@@ -17,17 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgebuild.cache import Cache, Entry
-from edgebuild.console import Console
+from edgebuild.console import Console, parse_progress
 from edgebuild.errors import BuildError
 from edgebuild.fsutil import file_sizes
 from edgebuild.graph import Node
-from edgebuild.plan import Resolver
+from edgebuild.plan import Resolver, rejected
 
 
 @dataclass
 class Outcome:
     status: str  # executed | cached | deferred | failed
     message: str = ""
+    cached: bool = False  # a failure read from the cache (a rejected verdict)
 
 
 class Executor:
@@ -39,17 +40,31 @@ class Executor:
         """Asked by the engine just before running `node`: upstream steps have run by
         now, so the key is known; another build may even have made the entry."""
         entry = self.resolver.entry_of(node.id)
+        if entry is not None and self.rejects(node, entry):
+            return False  # cached, but `build` must still fail it to stop its target
         if entry is not None and node.id not in self.outcomes:
             self.outcomes[node.id] = Outcome("cached")
         return entry is not None
 
+    def rejects(self, node: Node, entry: Entry) -> bool:
+        """A gating validation whose verdict missed the budget: its target fails."""
+        return node.id in self.resolver.graph.gates and rejected(entry)
+
     def build(self, node: Node) -> bool:
-        self.console.step_started(node)
+        cached = self.resolver.entry_of(node.id)
+        if cached is None:
+            self.console.step_started(node)
         try:
-            entry = self._build(node)
+            entry = cached or self._build(node)
         except (BuildError, OSError) as exc:  # OSError: e.g. a full disk while committing
             message = str(exc) if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
             self.outcomes[node.id] = Outcome("failed", message)
+            self.console.step_failed(node, message)
+            return False
+        if self.rejects(node, entry):
+            misses = entry.meta["verdict"]["misses"]
+            message = "budget missed: " + "; ".join(m["text"] for m in misses)
+            self.outcomes[node.id] = Outcome("failed", message, cached=cached is not None)
             self.console.step_failed(node, message)
             return False
         self.outcomes[node.id] = Outcome(entry.status)
@@ -121,7 +136,7 @@ class Executor:
             for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip()
                 if line.startswith("@progress "):
-                    self.console.step_progress(node, line[len("@progress "):])
+                    self.console.step_progress(node, *parse_progress(line[len("@progress "):]))
                 else:
                     log.write(raw)
             proc.wait()

@@ -65,6 +65,10 @@ class Graph:
     def __init__(self) -> None:
         self.nodes: dict[str, Node] = {}
         self.target_chains: dict[str, list[str]] = {}  # target -> node ids in chain order
+        # Validation steps whose rejected verdict fails their targets (the last rung of
+        # a fallback ladder; earlier rungs' rejections only move the ladder down).
+        self.gates: set[str] = set()
+        self.rungs: dict[str, int] = {}  # target -> chosen rung of its fallback ladder
 
     def add(self, node: Node, target: str) -> str:
         """Add `node`, or merge it into the identical node already present."""
@@ -99,6 +103,9 @@ class Graph:
             for node_id in self.target_chains[target]:
                 sub.nodes[node_id] = self.nodes[node_id]
             sub.target_chains[target] = self.target_chains[target]
+            if target in self.rungs:
+                sub.rungs[target] = self.rungs[target]
+        sub.gates = self.gates & set(sub.nodes)
         return sub
 
 

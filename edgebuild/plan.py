@@ -135,6 +135,16 @@ class Resolver:
         return diff_docs(previous[0]["doc"], doc) or [Reason("changed", "key changed")]
 
 
+def rejected(entry: Entry) -> bool:
+    """A validation entry whose verdict missed its budget."""
+    return entry.meta.get("verdict", {}).get("passed") is False
+
+
+def gate_of(graph: Graph, target: str) -> str | None:
+    """The validation step whose verdict decides whether `target` ships."""
+    return next((i for i in graph.target_chains[target] if i in graph.gates), None)
+
+
 def key_of(doc: dict) -> str:
     return sha256_bytes(canonical_json(doc))
 

@@ -35,8 +35,14 @@ class StepContext:
         self.outputs[name] = filename
         return self.outdir / filename
 
-    def progress(self, message: str) -> None:
-        print(f"@progress {message}", file=sys.__stdout__, flush=True)
+    def progress(self, message: str, done: int | None = None, total: int | None = None) -> None:
+        """Report how far the step is; with `done` of `total` the console draws a bar.
+        Call it as often as is natural (per batch, say): the console throttles what it
+        shows, so the worker need not."""
+        from edgebuild.console import format_progress
+
+        print(f"@progress {format_progress(message, done, total)}", file=sys.__stdout__,
+              flush=True)
 
 
 def run_job(job: dict) -> dict:

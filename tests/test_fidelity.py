@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgebuild.steps.validate import _fidelity
+from edgebuild.metrics.fidelity import output_fidelity
 
 
 def figures(reference, output) -> dict:
     ref, out = np.asarray(reference, np.float32), np.asarray(output, np.float32)
-    return _fidelity([(0, ref, out)])[0]
+    return output_fidelity([ref], [out])[0]
 
 
 def test_identical_outputs():

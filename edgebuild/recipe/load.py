@@ -18,6 +18,7 @@ from edgebuild.recipe import yamlpos
 from edgebuild.recipe.model import (
     KERAS_SLOTS,
     SLOTS,
+    TASK_METRICS,
     Dataset,
     Device,
     Preprocess,
@@ -26,10 +27,13 @@ from edgebuild.recipe.model import (
     Target,
     Training,
 )
-from edgebuild.steps.params import SLOT_PARAMS, Budget
+from edgebuild.steps.params import RUNGS, SLOT_PARAMS, Budget, QuantizeParams
 
 ON_BY_DEFAULT = {"convert", "validate", "bundle"}  # the rest run where a profile asks
 QUANTIZE_MODES = {"tflite": {"fp16", "dynamic", "int8", "int16x8"}, "onnx": {"fp16", "dynamic"}}
+DECODERS = {"grid", "boxes-scores"}  # built in; anything else is a module:function plug-in
+DECODE_OPTIONS = {"score_threshold", "iou_threshold", "max_detections", "box_format",
+                  "activation", "background"}
 
 
 class ValidationMemo(Protocol):
@@ -108,6 +112,9 @@ class _Resolver:
         validation = self._dataset(raw_data, "validation")
         self.train = self._training(raw_data.get("train"))
         self.source = source
+        self.task = data["task"]
+        self.decode, decoder_file = self._decode(data.get("decode"))
+        self.measures_task = self._measures_task(validation)
         targets = {name: self._target(name, spec, devices, calibration, validation)
                    for name, spec in data["targets"].items()}
         labels = self._existing(("labels",), data["labels"]) if "labels" in data else None
@@ -116,7 +123,8 @@ class _Resolver:
             path=self.path, name=data["name"], task=data["task"], source=source,
             preprocess=_preprocess(raw_data.get("preprocess", {})), targets=targets,
             labels=labels, calibration=calibration, validation=validation, train=self.train,
-            text_digest=digest, warnings=tuple(str(w) for w in warnings))
+            decode=self.decode, decoder_file=decoder_file, text_digest=digest,
+            warnings=tuple(str(w) for w in warnings))
 
     # -- devices ---------------------------------------------------------------------
 
@@ -131,8 +139,9 @@ class _Resolver:
             merged = dict(profiles.get(base, {})) if base else {}
             for slots in ("steps", "with_training_data"):
                 merged[slots] = _merge_slots(merged.get(slots, {}), spec.get(slots, {}))
+            merged["budget"] = {**merged.get("budget", {}), **spec.get("budget", {})}
             merged.update({k: v for k, v in spec.items()
-                           if k not in ("extends", "steps", "with_training_data")})
+                           if k not in ("extends", "steps", "with_training_data", "budget")})
             missing = [k for k in ("family", "runtime", "format") if k not in merged]
             if missing:
                 self.complain(("devices", name), f"missing {', '.join(missing)} "
@@ -171,9 +180,100 @@ class _Resolver:
             steps[slot] = SLOT_PARAMS[slot].from_dict(value if isinstance(value, dict) else {})
         self._check_target(where, device, fmt, steps, calibration, validation)
         self._check_optimizations(where, spec, steps)
+        budget = self._budget(where, device, spec.get("budget", {}), steps)
+        fallback = self._fallback(where, spec.get("fallback"), device, fmt, steps, budget)
+        if fallback:
+            steps = _with_quantize(steps, fallback[0][1])  # the ladder starts at its top
         return Target(name=name, device=device, format=fmt,
                       runtime=spec.get("runtime", device.runtime), steps=steps,
-                      budget=Budget.from_dict(spec.get("budget", {})))
+                      budget=budget, fallback=fallback)
+
+    # -- validation: budgets, fallback ladders, decoders ------------------------------
+
+    def _measures_task(self, validation: Dataset | None) -> bool:
+        """Whether validation can compute task metrics (and so accuracy drops). For
+        classification that depends on labels in the data, known only when it loads."""
+        if validation is None:
+            return False
+        return self.task == "classification" or bool(validation.annotations and self.decode)
+
+    def _budget(self, where: tuple, device: Device, own: dict, steps: dict) -> Budget:
+        # A profile's default drop budget applies where drops can be measured; a
+        # target's own must be measurable.
+        defaults = dict(device.budget)
+        if not self.measures_task:
+            defaults = {k: v for k, v in defaults.items() if not k.startswith("max_drop")}
+        budget = Budget.from_dict({**defaults, **own})
+        drops = [k for k in own if k.startswith("max_drop") or k == "metric"]
+        if drops and not self.measures_task and "validate" in steps:
+            need = ("data.validation.annotations and `decode:`" if self.task == "detection"
+                    else "data.validation")
+            self.complain((*where, "budget", drops[0]), f"an accuracy drop needs task metrics, "
+                          f"which need {need}; add them or drop `{drops[0]}`")
+        if budget.metric and budget.metric not in TASK_METRICS[self.task]:
+            self.complain((*where, "budget", "metric"), f"'{budget.metric}' is not a "
+                          f"{self.task} metric (choose one of: "
+                          f"{', '.join(TASK_METRICS[self.task])})")
+        if budget.min_agreement is not None and self.task == "detection" and not self.decode:
+            self.complain((*where, "budget", "min_agreement"), "box agreement compares "
+                          "decoded boxes; add `decode:` to the recipe")
+        if budget.min_speedup is not None and "quantize" not in steps and not steps.get("prune") \
+                and not steps.get("cluster"):
+            self.complain((*where, "budget", "min_speedup"), "this target ships the float "
+                          "artifact itself, so there is nothing to be faster than")
+        if own and "validate" not in steps:
+            self.complain((*where, "budget"), "a budget is checked by validation, which this "
+                          "target switches off; drop `validate: false` or the budget")
+        return budget
+
+    def _fallback(self, where: tuple, rungs: list | None, device: Device, fmt: str,
+                  steps: dict, budget: Budget) -> tuple:
+        if not rungs:
+            return ()
+        at = (*where, "fallback")
+        if "validate" not in steps or not budget:
+            self.complain(at, "a fallback ladder steps down while the budget fails, so it "
+                          "needs validation and a budget; add `budget:` to the target")
+        base = steps.get("quantize") or QuantizeParams()
+        ladder = []
+        for i, name in enumerate(rungs):
+            overrides = RUNGS[name]
+            params = None
+            if overrides is not None:
+                full_integer = overrides["mode"] == "int8" and "keep_float" not in overrides
+                params = QuantizeParams.from_dict(
+                    {**overrides, "io": base.io if full_integer else "float32"})
+            problem = _rung_problem(name, params, device, fmt)
+            if problem:
+                self.complain((*at, i), problem)
+            ladder.append((name, params))
+        return tuple(ladder)
+
+    def _decode(self, spec) -> tuple[dict | None, Path | None]:
+        if spec is None:
+            return None, None
+        decode = {"name": spec} if isinstance(spec, str) else dict(spec)
+        name = decode["name"]
+        if ":" not in name:
+            if name not in DECODERS:
+                self.complain(("decode",), f"'{name}' is not a built-in decoder (built in: "
+                              f"{', '.join(sorted(DECODERS))}); for your own, name it as "
+                              "package.module:function")
+            unknown = sorted(set(decode) - DECODE_OPTIONS - {"name"})
+            if unknown:
+                self.complain(("decode", unknown[0]), f"the {name} decoder has no option "
+                              f"'{unknown[0]}' (options: {', '.join(sorted(DECODE_OPTIONS))})")
+            return decode, None
+        module, _, function = name.partition(":")
+        # A plug-in next to the recipe is an input: editing it re-runs validation.
+        parts = module.split(".")
+        for candidate in (self.path.parent.joinpath(*parts).with_suffix(".py"),
+                          self.path.parent.joinpath(*parts, "__init__.py")):
+            if candidate.is_file():
+                return decode, candidate
+        if not function or not all(p.isidentifier() for p in parts):
+            self.complain(("decode",), f"'{name}' is not of the form package.module:function")
+        return decode, None
 
     def _check_target(self, where, device, fmt, steps, calibration, validation) -> None:
         quantize = steps.get("quantize")
@@ -316,7 +416,35 @@ def _device(name: str, spec: dict) -> Device:
                   formats=tuple(spec.get("formats", [spec["format"]])),
                   integer_only=spec.get("integer_only", False), steps=spec.get("steps", {}),
                   notes=spec.get("notes", ""),
-                  with_training_data=spec.get("with_training_data", {}))
+                  with_training_data=spec.get("with_training_data", {}),
+                  budget=spec.get("budget", {}))
+
+
+def _with_quantize(steps: dict, quantize: QuantizeParams | None) -> dict:
+    """The target's slots with the quantize slot replaced (None: no quantization)."""
+    replaced = {slot: params for slot, params in steps.items() if slot != "quantize"}
+    if quantize is not None:
+        replaced["quantize"] = quantize
+    return {slot: replaced[slot] for slot in SLOTS if slot in replaced}
+
+
+def _rung_problem(name: str, params: QuantizeParams | None, device: Device,
+                  fmt: str) -> str | None:
+    if device.integer_only and (params is None or params.mode != "int8"
+                                or params.keep_float):
+        return (f"device '{device.name}' runs integer ops only, so the rung '{name}' cannot "
+                "run there; its ladder can only use int8 and int8-per-tensor")
+    if params is None:
+        return None
+    if params.mode not in QUANTIZE_MODES[fmt]:
+        return (f"the rung '{name}' needs {params.mode} quantization, which is not available "
+                f"for {fmt} (rungs for {fmt}: " + ", ".join(
+                    r for r, o in RUNGS.items() if o is None or (
+                        o["mode"] in QUANTIZE_MODES[fmt] and (fmt == "tflite" or len(o) == 1)))
+                + ")")
+    if fmt != "tflite" and (not params.per_channel or params.keep_float):
+        return f"the rung '{name}' is TFLite-only (per-channel and selective quantization)"
+    return None
 
 
 def _merge_slots(base: dict, override: dict) -> dict:

@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgebuild.steps.params import Budget, QuantizeParams
+
 # Step slots, in the order a chain runs them. A profile or target fills a slot with
 # parameters, or switches it off with `false`.
 SLOTS = ("convert", "prune", "cluster", "quantize", "compile", "validate", "bundle")
 KERAS_SLOTS = ("prune", "cluster")  # tfmot rewrites of a Keras 2 (tf_keras) model
+
+# Task metrics, as fractions; the first is what accuracy drops are measured on.
+TASK_METRICS = {"classification": ("top1", "top5"), "detection": ("map50", "map50_95")}
+PRIMARY_METRIC = {task: metrics[0] for task, metrics in TASK_METRICS.items()}
+METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "map50": "mAP@0.5",
+                 "map50_95": "mAP@0.5:0.95"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,7 @@ class Device:
     steps: dict = field(default_factory=dict)  # slot -> params | False
     notes: str = ""
     with_training_data: dict = field(default_factory=dict)  # slots added given data.train
+    budget: dict = field(default_factory=dict)  # defaults for its targets' budgets
 
     def profile(self) -> dict:
         """The fields a bundle manifest records and step keys depend on."""
@@ -80,7 +89,10 @@ class Target:
     format: str
     runtime: str
     steps: dict[str, dict]  # enabled slots only, in SLOTS order, with merged parameters
-    budget: dict
+    budget: Budget
+    # Precision fallback ladder: (rung name, quantize parameters or None for float32),
+    # tried in order until the budget holds. Empty: no ladder.
+    fallback: tuple[tuple[str, QuantizeParams | None], ...] = ()
 
     def enabled(self, slot: str) -> bool:
         return slot in self.steps
@@ -98,6 +110,10 @@ class Recipe:
     calibration: Dataset | None = None
     validation: Dataset | None = None
     train: Training | None = None
+    # How detection outputs become boxes: {"name": "grid" | "boxes-scores" |
+    # "module:function", **options}; `decoder_file` is a plug-in's source, if local.
+    decode: dict | None = None
+    decoder_file: Path | None = None
     text_digest: str = ""
     warnings: tuple[str, ...] = ()  # located, like errors, but the build goes on
 

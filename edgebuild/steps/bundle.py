@@ -85,9 +85,28 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
     }
     if "verdict" in ctx.inputs:
         verdict = json.loads(ctx.inputs["verdict"].read_text())
-        manifest["validation"] = {"passed": verdict["passed"], "samples": verdict["samples"],
-                                  "data": _validation_digest(ctx)}
+        manifest["validation"] = {
+            "passed": verdict["passed"], "samples": verdict["samples"],
+            "data": _validation_digest(ctx), "metric": verdict["metric"],
+            "metrics": verdict["metrics"], "baseline": verdict["baseline"],
+            "drop": verdict["drop"], **({"unchecked": verdict["unchecked"]}
+                                        if verdict["unchecked"] else {})}
+    if "fallback" in params:
+        manifest["fallback"] = _ladder(ctx, params["fallback"])
     return manifest
+
+
+def _ladder(ctx: StepContext, rungs: list[str]) -> dict:
+    """The rungs tried before this one, why each was rejected, and the one chosen."""
+    rejected = [json.loads(ctx.inputs[f"rejected_{i}"].read_text())
+                for i in range(len(rungs)) if f"rejected_{i}" in ctx.inputs]
+    chosen = rungs[len(rejected)]
+    tried = [{"rung": v["rung"], "passed": False, "misses": [m["text"] for m in v["misses"]]}
+             for v in rejected]
+    why = (f"{chosen} is the first rung within budget" if rejected
+           else f"{chosen}, the first rung, is within budget")
+    return {"rungs": rungs, "chosen": chosen,
+            "tried": [*tried, {"rung": chosen, "passed": True, "misses": []}], "reason": why}
 
 
 def _reproducible(chain: list[dict]) -> dict:

@@ -65,12 +65,15 @@ def _start(ctx: StepContext, doing: str):
     x = y = None
     if params["epochs"]:
         x, y = _training_data(ctx, train)
-        ctx.progress(f"{doing}, fine-tuning {params['epochs']} epochs on {len(x)} samples")
+        ctx.progress(f"{doing}: fine-tuning {params['epochs']} epochs on {len(x)} samples",
+                     0, params["epochs"])
     else:
         ctx.progress(f"{doing}, one-shot")
 
     def on_epoch(epoch: int, logs: dict) -> None:
-        ctx.progress(f"epoch {epoch + 1}/{params['epochs']}: loss {logs.get('loss', 0):.4f}")
+        # Counted in epochs: tfmot.FineTuning reports epochs, not batches.
+        ctx.progress(f"{doing}: epoch {epoch + 1}, loss {logs.get('loss', 0):.4f}",
+                     epoch + 1, params["epochs"])
 
     tuning = tfmot.FineTuning(x=x, y=y, loss=train.get("loss", "mse"), epochs=params["epochs"],
                               batch_size=train.get("batch_size", 32),

@@ -63,9 +63,10 @@ class ClusterParams(Params):
 class KeepFloat(Params):
     layers: tuple[str, ...] = ()
     ops: tuple[str, ...] = ()
+    sensitive: int = 0  # also keep the N layers with the largest quantization error
 
     def __bool__(self) -> bool:
-        return bool(self.layers or self.ops)
+        return bool(self.layers or self.ops or self.sensitive)
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,17 @@ class QuantizeParams(Params):
         values["keep_float"] = KeepFloat.from_dict(values.get("keep_float", {}))
         return super().from_dict(values)
 
+    def to_dict(self) -> dict:
+        values = super().to_dict()
+        if not self.keep_float.sensitive:  # absent unless used: keys from before it stay
+            del values["keep_float"]["sensitive"]
+        return values
+
     @property
     def precision(self) -> str:
         precision = self.mode if self.per_channel else f"{self.mode}-per-tensor"
+        if self.keep_float.sensitive:
+            precision += "-sensitive-float"
         return precision if self.io == "float32" else f"{precision}-io-{self.io}"
 
 
@@ -102,8 +111,32 @@ class ValidateParams(Params):
 
 @dataclass(frozen=True)
 class Budget(Params):
-    max_size_mb: float | None = None
+    """What an artifact must achieve against its float source to be released."""
+
+    metric: str | None = None  # None: the task's primary metric (top1, map50)
+    max_drop_points: float | None = None   # absolute, in percentage points
+    max_drop_percent: float | None = None  # relative to the source's value
     min_cosine: float | None = None
+    min_snr_db: float | None = None
+    min_agreement: float | None = None  # top-1 agreement / box agreement with the source
+    max_size_mb: float | None = None
+    max_latency_ms: float | None = None  # host latency, median
+    min_speedup: float | None = None     # against the float artifact, same host
+
+    def __bool__(self) -> bool:
+        return any(v is not None for k, v in self.to_dict().items() if k != "metric")
+
+
+# Fallback ladder rungs: each a quantize configuration, most aggressive first.
+RUNGS: dict[str, dict | None] = {
+    "int8": {"mode": "int8"},
+    "int8-per-tensor": {"mode": "int8", "per_channel": False},
+    "int8-sensitive-float": {"mode": "int8", "keep_float": {"sensitive": 3}},
+    "int16x8": {"mode": "int16x8"},
+    "fp16": {"mode": "fp16"},
+    "dynamic": {"mode": "dynamic"},
+    "float32": None,  # no quantization
+}
 
 
 @dataclass(frozen=True)
