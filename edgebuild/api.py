@@ -417,7 +417,7 @@ def report_doc(project: Project, built: BuildReport | None = None) -> dict:
             row["rung"] = {"chosen": ladder["chosen"], "tried": ladder["tried"]}
         rows.append(row)
     return {"recipe": recipe.name, "task": recipe.task, "metric": metric_key,
-            "metric_label": METRIC_LABELS[metric_key],
+            "metric_label": METRIC_LABELS[metric_key], "metric_labels": METRIC_LABELS,
             "host": {"cpu": host, "threads": 1, "note": "host latency, not device latency"},
             "baseline": {"metrics": baseline, "latency": float_latency and {
                 k: float_latency[k] for k in ("median_ms", "p90_ms")}},

@@ -55,7 +55,7 @@ def check(budget: dict, m: Measured) -> Check:
     if not m.fidelity:
         at_least("min_cosine", "cosine", None, "")
         at_least("min_snr_db", "SNR", None, "dB")
-    at_least("min_agreement", m.agreement_label, m.agreement, "%", 100.0)
+    at_least("min_agreement", m.agreement_label, m.agreement, "")  # a fraction, like the limit
     at_most("max_size_mb", "size", m.size_bytes, "MB", 1e-6)
     at_most("max_latency_ms", "host latency (median)", m.latency_ms, "ms")
     at_least("min_speedup", "speed-up", m.speedup, "x")

@@ -58,7 +58,8 @@ def _baseline_line(doc: dict) -> str:
     metrics = baseline.get("metrics")
     label = doc.get("metric_label") or doc.get("metric")
     if metrics:
-        shown = [f"{label if key == doc.get('metric') else key} {_percent(value)}"
+        labels = {**doc.get("metric_labels", {}), doc.get("metric"): label}
+        shown = [f"{labels.get(key, key)} {_percent(value)}"
                  for key, value in _primary_first(metrics, doc.get("metric"))]
         text = "Float baseline: " + ", ".join(shown)
     else:
@@ -126,12 +127,17 @@ def _ladders_section(doc: dict) -> list[str]:
         if not rung:
             continue
         rows = [[step.get("rung"), "passed" if step.get("passed") else "failed",
-                 "; ".join(m.get("text") or m.get("budget") or "" for m in step.get("misses")
-                           or []) or DASH]
+                 "; ".join(_miss_text(m) for m in step.get("misses") or []) or DASH]
                 for step in rung.get("tried") or []]
         lines += [f"### {t.get('target')}: chose {rung.get('chosen') or DASH}", "",
                   *_table(["rung", "result", "misses"], rows), ""]
     return lines[:-1] if lines else ["No target fell back along a ladder."]
+
+
+def _miss_text(miss) -> str:
+    """A miss as the manifest and lock file record it (its text), or as validate
+    reports it (a mapping)."""
+    return miss if isinstance(miss, str) else miss.get("text") or miss.get("budget") or ""
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:

@@ -21,7 +21,7 @@ from edgebuild.metrics.detection import (
     coco_map,
     load_annotations,
 )
-from edgebuild.metrics.fidelity import output_fidelity
+from edgebuild.metrics.fidelity import SNR_FLOOR_DB, output_fidelity
 
 ULTRAFACE = SHARED / "models" / "ultraface"
 PLAIN = {"mean": [0, 0, 0], "std": [1, 1, 1], "scale": 1.0}
@@ -40,6 +40,7 @@ def test_fidelity_of_identical_shifted_and_dead_outputs():
     assert shifted["cosine"] == pytest.approx((9 + 18) / (5 * math.hypot(3, 4.5)))
     assert both_zero == {"output": 1, "cosine": 1.0, "snr_db": None, "max_abs_diff": 0.0}
     assert dead["cosine"] == 0.0 and dead["output"] == 2
+    assert dead["snr_db"] == SNR_FLOOR_DB  # no signal, all noise: -inf, floored for JSON
     assert output_fidelity([ref[0]], [ref[0].copy()])[0]["snr_db"] is None
 
 
@@ -329,12 +330,17 @@ def short(outputs):
 
 def missing_key(outputs):
     return [{"boxes": [], "scores": []}]
+
+
+def named_classes(outputs):
+    return [{"boxes": [[0.1, 0.1, 0.2, 0.2]], "scores": [0.9], "classes": ["face"]}]
 """
 
 
 @pytest.fixture
 def plugin(tmp_path, monkeypatch) -> str:
     (tmp_path / "shapes_plugin.py").write_text(PLUGIN)
+    (tmp_path / "needy_plugin.py").write_text("import not_installed_dependency\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return "shapes_plugin"
 
@@ -351,8 +357,12 @@ def test_plugin_decoder_from_the_recipe_folder(plugin):
 
 def test_plugin_errors_say_what_is_wrong(plugin):
     rows = np.zeros((1, 2, 5), np.float32)
-    with pytest.raises(StepError, match="cannot import the plug-in module 'no_such_module'"):
+    with pytest.raises(StepError, match="plug-in module 'no_such_module' is not found; put "
+                                        "no_such_module.py next to the recipe"):
         load_decoder({"name": "no_such_module:decode"})
+    with pytest.raises(StepError, match="'needy_plugin' cannot import "
+                                        "'not_installed_dependency', which it needs"):
+        load_decoder({"name": "needy_plugin:decode"})
     with pytest.raises(StepError, match="shapes_plugin.py has no function 'nothing'"):
         load_decoder({"name": f"{plugin}:nothing"})
     with pytest.raises(StepError, match=r"does not take the options \['iou'\]"):
@@ -364,6 +374,8 @@ def test_plugin_errors_say_what_is_wrong(plugin):
         load_decoder({"name": f"{plugin}:short"})([rows])
     with pytest.raises(StepError, match="sample 0: the dict lacks classes"):
         load_decoder({"name": f"{plugin}:missing_key"})([rows])
+    with pytest.raises(StepError, match="sample 0: classes are not a numeric array"):
+        load_decoder({"name": f"{plugin}:named_classes"})([rows])
     with pytest.raises(StepError, match="returned a list of 1; .* 2 for this batch"):
         load_decoder({"name": f"{plugin}:short"})([np.zeros((2, 2, 5))])
 

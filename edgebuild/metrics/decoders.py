@@ -266,10 +266,16 @@ def _import_plugin(name: str) -> Callable:
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and (module_name + ".").startswith(error.name + "."):
+            raise StepError(f"decode.name: the plug-in module '{module_name}' is not found; "
+                            f"put {module_name.replace('.', '/')}.py next to the recipe, or "
+                            "install it") from None
+        raise StepError(f"decode.name: the plug-in module '{module_name}' cannot import "
+                        f"'{error.name}', which it needs; install it") from None
     except Exception as error:
-        raise StepError(f"decode.name: cannot import the plug-in module '{module_name}' "
-                        f"({type(error).__name__}: {error}); put {module_name.replace('.', '/')}"
-                        ".py next to the recipe, or install it") from None
+        raise StepError(f"decode.name: importing the plug-in module '{module_name}' failed: "
+                        f"{type(error).__name__}: {error}") from None
     function = getattr(module, attr, None)
     if not callable(function):
         raise StepError(f"decode.name: {module.__file__} has no function '{attr}'; name the "
@@ -297,12 +303,19 @@ def _check_sample(name: str, index: int, item) -> Detections:
     if not isinstance(item, Detections):
         raise StepError(f"{where}: got {type(item).__name__}, not Detections or a dict with "
                         "boxes, scores, classes")
-    boxes = np.asarray(item.boxes, np.float32)
+    boxes = _array(where, "boxes", item.boxes, np.float32)
     boxes = boxes.reshape(0, 4) if boxes.size == 0 else boxes  # [] for no detections
-    scores = np.asarray(item.scores, np.float32).reshape(-1)
-    classes = np.asarray(item.classes)
+    scores = _array(where, "scores", item.scores, np.float32).reshape(-1)
+    classes = _array(where, "classes", item.classes, np.float64).reshape(-1)
     _check_arrays(where, boxes, scores, classes)
-    return Detections(np.clip(boxes, 0.0, 1.0), scores, classes.astype(np.int64).reshape(-1))
+    return Detections(np.clip(boxes, 0.0, 1.0), scores, classes.astype(np.int64))
+
+
+def _array(where: str, what: str, value, dtype) -> np.ndarray:
+    try:
+        return np.asarray(value, dtype)
+    except (TypeError, ValueError) as error:
+        raise StepError(f"{where}: {what} are not a numeric array ({error})") from None
 
 
 def _check_arrays(where: str, boxes: np.ndarray, scores: np.ndarray,
@@ -312,7 +325,7 @@ def _check_arrays(where: str, boxes: np.ndarray, scores: np.ndarray,
     if len(scores) != len(boxes) or classes.size != len(boxes):
         raise StepError(f"{where}: {len(boxes)} boxes, {len(scores)} scores and "
                         f"{classes.size} classes; they must be equally many")
-    if classes.size and not np.all(np.mod(classes, 1) == 0):
+    if classes.size and not np.all((np.mod(classes, 1) == 0) & (classes >= 0)):
         raise StepError(f"{where}: classes must be whole class indices (0-based)")
     if not (np.all(np.isfinite(boxes)) and np.all(np.isfinite(scores))):
         raise StepError(f"{where}: boxes or scores contain NaN or infinity")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+SNR_FLOOR_DB = -300.0  # stands for -inf dB (no signal at all): JSON has no infinity
+
 
 def output_fidelity(reference: list[np.ndarray], outputs: list[np.ndarray]) -> list[dict]:
     """Per output index: cosine similarity, SNR in dB and max abs difference, taken
@@ -43,5 +45,7 @@ def _snr_db(a: np.ndarray, b: np.ndarray) -> float | None:
     noise = np.sum((a - b) ** 2)
     if not noise:
         return None  # identical outputs: SNR is infinite, and JSON has no infinity
-    with np.errstate(divide="ignore"):  # an all-zero reference: -inf dB, all noise
-        return float(10 * np.log10(np.sum(a**2) / noise))
+    signal = np.sum(a**2)
+    if not signal:  # an all-zero reference: all noise, -inf dB, floored for JSON
+        return SNR_FLOOR_DB
+    return max(float(10 * np.log10(signal / noise)), SNR_FLOOR_DB)

@@ -31,9 +31,10 @@ from edgebuild.steps.params import RUNGS, SLOT_PARAMS, Budget, QuantizeParams
 
 ON_BY_DEFAULT = {"convert", "validate", "bundle"}  # the rest run where a profile asks
 QUANTIZE_MODES = {"tflite": {"fp16", "dynamic", "int8", "int16x8"}, "onnx": {"fp16", "dynamic"}}
-DECODERS = {"grid", "boxes-scores"}  # built in; anything else is a module:function plug-in
-DECODE_OPTIONS = {"score_threshold", "iou_threshold", "max_detections", "box_format",
-                  "activation", "background"}
+# Built-in decoders and their options; any other name is a module:function plug-in.
+_COMMON = ("score_threshold", "iou_threshold", "max_detections")
+DECODERS = {"grid": _COMMON, "boxes-scores": (*_COMMON, "box_format", "activation",
+                                              "background")}
 
 
 class ValidationMemo(Protocol):
@@ -259,10 +260,11 @@ class _Resolver:
                 self.complain(("decode",), f"'{name}' is not a built-in decoder (built in: "
                               f"{', '.join(sorted(DECODERS))}); for your own, name it as "
                               "package.module:function")
-            unknown = sorted(set(decode) - DECODE_OPTIONS - {"name"})
+                return decode, None
+            unknown = sorted(set(decode) - set(DECODERS[name]) - {"name"})
             if unknown:
                 self.complain(("decode", unknown[0]), f"the {name} decoder has no option "
-                              f"'{unknown[0]}' (options: {', '.join(sorted(DECODE_OPTIONS))})")
+                              f"'{unknown[0]}' (options: {', '.join(DECODERS[name])})")
             return decode, None
         module, _, function = name.partition(":")
         # A plug-in next to the recipe is an input: editing it re-runs validation.
