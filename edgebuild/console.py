@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 PLAIN_EVERY_FRACTION = 0.1  # in plain mode, a counted step prints every 10% of its total,
-PLAIN_EVERY_SECONDS = 10.0  # or every 10 seconds, whichever comes first
+PLAIN_EVERY_SECONDS = 10.0  # or every 10 seconds, whichever comes first,
+PLAIN_MIN_GAP_SECONDS = 1.0  # but no closer together than a second
 REDRAW_EVERY_SECONDS = 0.1  # a terminal bar redraws at most this often
 BAR_WIDTH = 20
 
@@ -165,8 +166,8 @@ class Console:
         self._bar = (node.id, text, now)
 
     def _is_due(self, node_id: str, done: int, total: int | None, now: float) -> bool:
-        """Plain mode: the first update, then one per tenth of the total or per ten
-        seconds, and always the last. A new total (or a count going back) starts over:
+        """Plain mode: the first update, then one per tenth of the total (a second
+        apart at least) or per ten seconds, and always the last. A new total (or a count going back) starts over:
         the step has moved on to another phase."""
         shown = self._shown.get(node_id)
         if shown is None or total != shown.total or done < shown.done:
@@ -174,7 +175,7 @@ class Console:
         if total is not None and done >= total:
             return shown.done < total
         if total and done - shown.done >= total * PLAIN_EVERY_FRACTION:
-            return True
+            return now - shown.at >= PLAIN_MIN_GAP_SECONDS  # short steps: first and last
         return done > shown.done and now - shown.at >= PLAIN_EVERY_SECONDS
 
 
