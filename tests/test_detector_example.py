@@ -43,5 +43,20 @@ def test_detector_recipe_builds_one_bundle_per_target(tmp_path):
                 for name in ("rpi4", "rpi4-sparse")}
     assert archives["rpi4-sparse"] < archives["rpi4"] * 0.7, archives
 
+    # Every target is measured against the float source: COCO mAP@0.5 on the 200
+    # validation images, within the default budget (2 points; rpi4-sparse allows 8).
+    report = json.loads((project.dist / "detector" / "report.json").read_text())
+    baseline = report["baseline"]["metrics"]["map50"]
+    assert baseline > 0.9, report["baseline"]
+    rows = {row["target"]: row for row in report["targets"]}
+    for name, row in rows.items():
+        assert row["budget"]["status"] == "pass", (name, row["budget"])
+        assert row["fidelity"]["agreement_label"] == "box agreement"
+    for name in ("rpi4", "coral"):  # full-integer int8
+        assert rows[name]["drop"]["map50"] < 0.02, rows[name]
+        assert rows[name]["speedup"] > 1, rows[name]
+    assert (project.dist / "detector" / "report.md").exists()
+    assert (project.dist / "detector" / "pareto.png").exists()
+
     again = project.build()
     assert again["steps"]["executed"] == 0

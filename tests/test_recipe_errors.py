@@ -122,3 +122,29 @@ targets:
     labels = {s["label"]: s["targets"] for s in plan["step_list"]}
     assert labels["quantize.tflite[dynamic]"] == ["board"]
     assert labels["quantize.tflite[int8]"] == ["rpi4"]
+
+
+def test_budget_ladder_and_decoder_mistakes_are_located(tiny, capsys):
+    text = tiny.recipe.read_text().replace("task: classification", "task: detection") \
+        .replace("labels: labels.txt", "labels: labels.txt\ndecode: yolo9") \
+        .replace("  pixel: {device: android-gpu}\n", """\
+  pixel: {device: android-gpu, budget: {max_drop_points: 1}}
+  coral: {device: coral-edgetpu, budget: {min_cosine: 0.9}, fallback: [int8, fp16]}
+  quiet: {device: rpi4, validate: false, budget: {max_size_mb: 1}}
+  lost: {device: rpi4, fallback: [int8, fp16]}
+  onnx: {device: x86-cpu, format: onnx, budget: {min_cosine: 0.9}, fallback: [int8, fp16]}
+""")
+    tiny.recipe.write_text(text)
+    code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{at(text, 'yolo9')}: decode: 'yolo9' is not a built-in decoder" in err
+    assert "package.module:function" in err
+    # Detection drops need annotations and a decoder; the validation set has neither.
+    assert f"{at(text, '1}}')}: targets.pixel.budget.max_drop_points: an accuracy drop " \
+           "needs task metrics" in err
+    assert "targets.coral.fallback[1]: device 'coral-edgetpu' runs integer ops only" in err
+    assert "targets.quiet.budget: a budget is checked by validation" in err
+    assert "targets.lost.fallback: a fallback ladder steps down while the budget fails" in err
+    assert "targets.onnx.fallback[0]: the rung 'int8' needs int8 quantization, which is " \
+           "not available for onnx" in err
+    assert not tiny.cache.exists()
