@@ -172,6 +172,7 @@ def _size(n: int) -> str:
 
 def cmd_plan(args) -> int:
     from edgebuild import api
+    from edgebuild.plan import rejected
 
     project = api.open_project(args.recipe, _settings(args))
     states = api.plan(project)
@@ -192,6 +193,13 @@ def cmd_plan(args) -> int:
         print(f"  {status:<6} {key}  {s.node.label:<36} {', '.join(s.node.targets)}")
         for reason in s.reasons:
             print(f"           why: {reason.message}")
+        if s.cached and s.node.id in project.graph.gates and rejected(s.entry):
+            for miss in s.entry.meta["verdict"]["misses"]:
+                print(f"           budget missed: {miss['text']}")
+    for target, rung in project.graph.rungs.items():
+        ladder = project.recipe.targets[target].fallback
+        print(f"  {target}: fallback ladder at rung {ladder[rung][0]} "
+              f"({rung + 1} of {len(ladder)})")
     return 0
 
 

@@ -51,6 +51,8 @@ class Executor:
         return node.id in self.resolver.graph.gates and rejected(entry)
 
     def build(self, node: Node) -> bool:
+        if node.id in self.outcomes and self.outcomes[node.id].status == "failed":
+            return False  # a ladder's next pass: already failed, and already said so
         cached = self.resolver.entry_of(node.id)
         if cached is None:
             self.console.step_started(node)

@@ -48,8 +48,13 @@ class Node:
             detail = self.params.get("structure") or f"{self.params['sparsity']:g}"
         elif self.kind == "cluster":
             detail = f"{self.params['clusters']}"
+        elif self.kind == "quantize":
+            detail += "" if self.params.get("per_channel", True) else "-per-tensor"
+            detail += "-sensitive-float" if self.params["keep_float"].get("sensitive") else ""
         elif self.kind in ("bundle", "validate"):
             detail = ",".join(self.targets)
+            if self.params.get("rung"):  # which rung of a fallback ladder
+                detail += f":{self.params['rung']}"
         return f"{self.impl_name}[{detail}]" if detail else self.impl_name
 
     def upstream(self) -> list[str]:
