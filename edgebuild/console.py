@@ -167,8 +167,8 @@ class Console:
 
     def _is_due(self, node_id: str, done: int, total: int | None, now: float) -> bool:
         """Plain mode: the first update, then one per tenth of the total (a second
-        apart at least) or per ten seconds, and always the last. A new total (or a count going back) starts over:
-        the step has moved on to another phase."""
+        apart at least) or per ten seconds, and always the last. A new total (or a
+        count going back) starts over: the step has moved on to another phase."""
         shown = self._shown.get(node_id)
         if shown is None or total != shown.total or done < shown.done:
             return True

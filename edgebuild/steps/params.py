@@ -123,8 +123,12 @@ class Budget(Params):
     max_latency_ms: float | None = None  # host latency, median
     min_speedup: float | None = None     # against the float artifact, same host
 
+    def to_dict(self) -> dict:
+        """Only the limits set: they are what keys, lock files and manifests record."""
+        return {k: v for k, v in super().to_dict().items() if v is not None}
+
     def __bool__(self) -> bool:
-        return any(v is not None for k, v in self.to_dict().items() if k != "metric")
+        return any(k != "metric" for k in self.to_dict())
 
 
 # Fallback ladder rungs: each a quantize configuration, most aggressive first.
