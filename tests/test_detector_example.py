@@ -60,3 +60,31 @@ def test_detector_recipe_builds_one_bundle_per_target(tmp_path):
 
     again = project.build()
     assert again["steps"]["executed"] == 0
+
+
+def test_a_decoder_plug_in_beside_the_recipe_is_an_input(tmp_path):
+    """`decode: module:function` loads the user's own decoder; editing it re-validates."""
+    (tmp_path / "recipes").mkdir()
+    for folder in ("models", "data"):
+        (tmp_path / folder).symlink_to(REPO / folder)
+    text = (REPO / "recipes" / "detector.yaml").read_text()
+    (tmp_path / "recipes" / "detector.yaml").write_text(
+        text.replace("decode: grid", "decode: {name: 'heads.shapes:decode', threshold: 0.05}"))
+    (tmp_path / "recipes" / "heads").mkdir()
+    plugin = tmp_path / "recipes" / "heads" / "shapes.py"
+    plugin.write_text(
+        "from edgebuild.metrics.decoders import load_decoder\n\n\n"
+        "def decode(outputs, threshold):\n"
+        "    return load_decoder({'name': 'grid', 'score_threshold': threshold})(outputs)\n")
+    project = Project(tmp_path, "recipes/detector.yaml")
+    code, result = project.run("build", "--target", "pixel")
+    assert code == 0, project.last_stderr
+    manifest = json.loads((project.dist / "detector" / "pixel" / "manifest.json").read_text())
+    validation = manifest["validation"]
+    assert validation["baseline"]["map50"] > 0.9  # the same head, decoded by the plug-in
+    assert abs(validation["drop"]["map50"]) < 0.01
+
+    plugin.write_text(plugin.read_text() + "# edited\n")
+    code, again = project.run("build", "--target", "pixel")
+    ran = {s["kind"] for s in again["step_list"] if s["status"] == "executed"}
+    assert ran == {"baseline", "validate", "bundle"}, ran
