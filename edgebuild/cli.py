@@ -237,7 +237,7 @@ def cmd_report(args) -> int:
     for row in doc["targets"]:
         value = (row["metrics"] or {}).get(doc["metric"])
         shown = f"{doc['metric_label']} {value:.3f}" if value is not None else "not measured"
-        print(f"  {row['target']:<16} {row['precision']:<18} {shown:<20} "
+        print(f"  {row['target']:<16} {row['precision']:<22} {shown:<20} "
               f"budget {row['budget']['status']:<5} {row['status']}")
     print(f"report: {written['paths']['md']}, {written['paths']['png']}")
     return 0
