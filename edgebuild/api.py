@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgebuild.budget import ladder_outcome
 from edgebuild.cache import Cache, CorruptBlob, RecipeMemo
 from edgebuild.chain import compile_recipe
 from edgebuild.console import Console
@@ -245,30 +246,16 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
 
 
 def _ladder(project: Project, target: str) -> dict | None:
-    """A fallback ladder's outcome: each rung tried, with its misses, and the choice."""
-    rung = project.graph.rungs.get(target)
-    if rung is None:
+    """A fallback ladder's outcome so far: each rung tried, its misses, the choice."""
+    if target not in project.graph.rungs:
         return None
-    ladder = project.recipe.targets[target].fallback
-    validations = [i for i in project.graph.target_chains[target]
-                   if project.graph.nodes[i].kind == "validate"]
-    tried = []
-    for (name, _), node_id in zip(ladder, validations, strict=False):
-        entry = project.resolver.entry_of(node_id)
-        verdict = entry.meta.get("verdict", {}) if entry else {}
-        tried.append({"rung": name, "passed": verdict.get("passed"),
-                      "misses": [m["text"] for m in verdict.get("misses", [])]})
-    chosen = ladder[rung][0]
-    if tried and tried[-1]["passed"]:
-        reason = (f"{chosen} is the first rung within budget" if rung else
-                  f"{chosen}, the first rung, is within budget")
-        if rung:
-            reason += "; " + "; ".join(f"{t['rung']} missed {', '.join(t['misses'])}"
-                                       for t in tried[:-1])
-    else:
-        reason = "no rung is within budget"
-    return {"chosen": chosen if tried and tried[-1]["passed"] else None, "rung": rung,
-            "tried": tried, "reason": reason}
+    rungs = [name for name, _ in project.recipe.targets[target].fallback]
+    verdicts = []
+    for node_id in project.graph.target_chains[target]:
+        if project.graph.nodes[node_id].kind == "validate":
+            entry = project.resolver.entry_of(node_id)
+            verdicts.append(entry.meta["verdict"] if entry else None)
+    return ladder_outcome(rungs, verdicts)
 
 
 def _lock_record(project: Project, target: str, chain: list[str],

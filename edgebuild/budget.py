@@ -96,3 +96,23 @@ def table(misses: list[dict]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)
+
+
+def ladder_outcome(rungs: list[str], verdicts: list[dict | None]) -> dict:
+    """A fallback ladder from the verdicts of the rungs tried so far, in order (None:
+    not validated): each rung with its misses, the rung chosen, and why."""
+    tried = [{"rung": name, "passed": bool(verdict and verdict["passed"]),
+              "misses": [m["text"] for m in (verdict or {}).get("misses", [])]}
+             for name, verdict in zip(rungs, verdicts, strict=False)]
+    last = tried[-1]
+    if verdicts[-1] is None:
+        reason, chosen = f"{last['rung']} is not validated yet", None
+    elif not last["passed"]:
+        reason, chosen = "no rung is within budget", None
+    elif len(tried) == 1:
+        reason, chosen = f"{last['rung']}, the first rung, is within budget", last["rung"]
+    else:
+        reason = f"{last['rung']} is the first rung within budget; " + "; ".join(
+            f"{t['rung']} missed {', '.join(t['misses'])}" for t in tried[:-1])
+        chosen = last["rung"]
+    return {"rungs": list(rungs), "chosen": chosen, "tried": tried, "reason": reason}

@@ -35,11 +35,12 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int) -> None
     # the earlier rungs' rejected verdicts go into the bundle, as the reason for this one.
     rungs = target.fallback[:rung + 1] or [(None, target.steps.get("quantize"))]
     verdicts = []
-    for rung_name, quantize in rungs:
-        artifact = _add_artifact(graph, recipe, target, float_id, keras, quantize)
+    for rung_name, rung_quantize in rungs:
+        artifact = _add_artifact(graph, recipe, target, float_id, keras, rung_quantize)
         if "validate" in target.steps:
             verdicts.append((_add_validation(graph, recipe, target, artifact, float_id,
                                              rung_name), "verdict"))
+    quantize = rungs[-1][1]  # the current rung's: what the bundle ships
     verdict, rejected = (verdicts[-1], verdicts[:-1]) if verdicts else (None, [])
     if target.fallback:
         graph.rungs[name] = rung

@@ -151,7 +151,7 @@ def _print_summary(report) -> None:
         if target.get("fallback"):
             print(f"  fallback ladder: {target['fallback']['reason']}")
     for name, target in report.targets.items():
-        if target["status"] != "failed" and target.get("fallback", {}).get("rung"):
+        if target["status"] != "failed" and len(target.get("fallback", {}).get("tried", [])) > 1:
             print(f"  {name}: {target['fallback']['reason']}")
 
 

@@ -70,8 +70,7 @@ def decoder(inputs: dict[str, Path], params: dict) -> Callable | None:
 
 
 def task_metrics(task: str, truth: ValidationSet, outputs: list[np.ndarray],
-                 decode: Callable | None, names: list[str] | None,
-                 detections: list | None = None) -> dict | None:
+                 decode: Callable | None, names: list[str] | None) -> dict | None:
     """{"top1", "top5"} or {"map50", "map50_95"}; None without ground truth.
     `outputs` are in the source model's order, batched over the validation set."""
     if task == "classification":
@@ -84,10 +83,8 @@ def task_metrics(task: str, truth: ValidationSet, outputs: list[np.ndarray],
         return None
     from edgebuild.metrics.detection import category_mapping, coco_map
 
-    if detections is None:
-        detections = decode(outputs)
     mapping = category_mapping(truth.annotations, names)
-    return coco_map(detections, truth.annotations, truth.image_ids, mapping)
+    return coco_map(decode(outputs), truth.annotations, truth.image_ids, mapping)
 
 
 def agreement(task: str, reference: list[np.ndarray], outputs: list[np.ndarray],

@@ -53,5 +53,5 @@ IMPLS = {impl.name: impl for impl in (
          volatile=("report",)),
     Impl("validate.onnx", 3, "edgebuild.steps.validate:run", ("onnxruntime", *METRICS),
          volatile=("report",)),
-    Impl("bundle", 3, "edgebuild.steps.bundle:run", (), heavy=False),
+    Impl("bundle", 4, "edgebuild.steps.bundle:run", (), heavy=False),
 )}

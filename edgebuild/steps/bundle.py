@@ -98,15 +98,11 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
 
 def _ladder(ctx: StepContext, rungs: list[str]) -> dict:
     """The rungs tried before this one, why each was rejected, and the one chosen."""
-    rejected = [json.loads(ctx.inputs[f"rejected_{i}"].read_text())
-                for i in range(len(rungs)) if f"rejected_{i}" in ctx.inputs]
-    chosen = rungs[len(rejected)]
-    tried = [{"rung": v["rung"], "passed": False, "misses": [m["text"] for m in v["misses"]]}
-             for v in rejected]
-    why = (f"{chosen} is the first rung within budget" if rejected
-           else f"{chosen}, the first rung, is within budget")
-    return {"rungs": rungs, "chosen": chosen,
-            "tried": [*tried, {"rung": chosen, "passed": True, "misses": []}], "reason": why}
+    from edgebuild.budget import ladder_outcome
+
+    names = ["verdict", *(f"rejected_{i}" for i in range(len(rungs)))]
+    verdicts = [json.loads(ctx.inputs[n].read_text()) for n in names if n in ctx.inputs]
+    return ladder_outcome(rungs, [*verdicts[1:], verdicts[0]])
 
 
 def _reproducible(chain: list[dict]) -> dict:

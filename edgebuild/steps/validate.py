@@ -130,11 +130,11 @@ def _stats(times: list[float]) -> dict:
     times = sorted(times)
     return {"median_ms": round(statistics.median(times), 4),
             "p90_ms": round(times[min(len(times) - 1, int(0.9 * len(times)))], 4),
-            "runs": len(times), "threads": 1, "host_cpu": host_cpu(),
+            "runs": len(times), "threads": 1, "host_cpu": _host_cpu(),
             "note": "host latency, not device latency"}
 
 
-def host_cpu() -> str:
+def _host_cpu() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
