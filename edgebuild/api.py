@@ -28,12 +28,14 @@ class Settings:
     cache_dir: Path = Path("cache")
     dist_dir: Path = Path("dist")
     jobs: int = 1
+    require_engines: bool = False  # a deferred TensorRT engine fails its target
 
     @classmethod
     def from_env(cls, cache_dir: str | None = None, dist_dir: str | None = None,
-                 jobs: int = 1) -> Settings:
+                 jobs: int = 1, require_engines: bool = False) -> Settings:
         return cls(cache_dir=Path(cache_dir or os.environ.get("EDGEBUILD_CACHE") or "cache"),
-                   dist_dir=Path(dist_dir or "dist"), jobs=jobs)
+                   dist_dir=Path(dist_dir or "dist"), jobs=jobs,
+                   require_engines=require_engines)
 
 
 @dataclass
@@ -218,6 +220,12 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
             if ladder:
                 targets[target]["fallback"] = ladder
             continue
+        deferred = _deferred(project, chain)
+        if settings.require_engines and "compile.tensorrt" in deferred:
+            targets[target] = {"status": "failed", "failed_steps": ["compile.tensorrt"],
+                               "bundle": None, "message": f"no engine: "
+                               f"{deferred['compile.tensorrt']} (--require-engines)"}
+            continue
         dest = project.bundle_dir(settings, target)
         try:
             publish(project.cache, bundle_entry.outputs["bundle"], dest,
@@ -226,8 +234,9 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
             targets[target] = {"status": "failed", "failed_steps": ["bundle"], "bundle": None,
                                "message": str(exc)}
             continue
-        deferred = any(s.status == "deferred" for s in chain_steps)
         targets[target] = {"status": "deferred" if deferred else "ok", "bundle": str(dest)}
+        if deferred:
+            targets[target]["deferred"] = "; ".join(dict.fromkeys(deferred.values()))
         if "archive" in bundle_entry.outputs:
             targets[target]["archive"] = {"path": str(archive_path(dest)),
                                           "bytes": bundle_entry.outputs["archive"].size}
@@ -243,6 +252,16 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
                    project.lock)
         project.cache.add_root(recipe.lock_path)
     return targets
+
+
+def _deferred(project: Project, chain: list[str]) -> dict[str, str]:
+    """Steps of a chain that left their work to the device: impl name -> why."""
+    found = {}
+    for node_id in chain:
+        entry = project.resolver.entry_of(node_id)
+        if entry is not None and entry.status == "deferred":
+            found[project.graph.nodes[node_id].impl_name] = entry.meta.get("deferred", "")
+    return found
 
 
 def _ladder(project: Project, target: str) -> dict | None:

@@ -7,7 +7,6 @@ data; nothing here imports a toolchain.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import asdict
 
 from edgebuild.graph import Graph, Node
@@ -47,21 +46,14 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int) -> None
     if verdict:
         graph.gates.add(verdict[0])
 
-    compiled = None
-    compile_ = target.steps.get("compile")
-    if compile_ is not None:
-        where = device
-        if compile_.compiler == "tensorrt":
-            # Whether this host could build the engine changes the result (engine or
-            # deferred script), so it belongs in the key.
-            where = {**device, "host_nvidia_gpu": shutil.which("nvidia-smi") is not None}
-        node = Node(f"compile.{compile_.compiler}", compile_.to_dict(),
-                    deps={"model": artifact}, device=where)
-        compiled = (graph.add(node, name), "build")
-
     deps = {"model": artifact}
-    if compiled:
-        deps["build"] = compiled
+    compile_ = target.steps.get("compile")
+    if compile_ is not None and compile_.compiler == "tensorrt":
+        deps.update(_add_tensorrt(graph, recipe, target, artifact, device))
+    elif compile_ is not None:
+        node = Node(f"compile.{compile_.compiler}", compile_.to_dict(),
+                    deps={"model": artifact}, device=device)
+        deps["build"] = (graph.add(node, name), "build")
     if verdict:
         deps["verdict"] = verdict
     deps.update({f"rejected_{i}": v for i, v in enumerate(rejected)})
@@ -73,6 +65,34 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int) -> None
     bundle = Node("bundle", params, deps=deps, files=files, device=device,
                   chain=tuple(graph.target_chains[name]))
     graph.add(bundle, name)
+
+
+def _add_tensorrt(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[str, str],
+                  device: dict) -> dict[str, tuple[str, str]]:
+    """The engine build, or its deferred script, and the engine's own validation where
+    it can be built here. Returns the bundle's inputs from these steps."""
+    from edgebuild.toolchains import nvidia
+
+    host = nvidia.host()
+    compile_ = target.steps["compile"]
+    files = {}
+    if compile_.timing_cache:
+        files["timing_cache"] = (recipe.folder / compile_.timing_cache).resolve()
+    # Engines do not port across GPUs or TensorRT versions: the host's GPU, compute
+    # capability and TensorRT version are in the key, with the compatibility level.
+    node = Node("compile.tensorrt", compile_.to_dict(), deps={"model": artifact}, files=files,
+                device={**device, "host": host.key()})
+    compile_id = graph.add(node, target.name)
+    if host.deferral:
+        graph.deferred[target.name] = host.deferral
+        return {"build": (compile_id, "build")}
+    deps = {"engine": (compile_id, "engine"), "timing_cache": (compile_id, "timing_cache")}
+    if "validate" in target.steps:
+        engine_verdict = _add_validation(graph, recipe, target, deps["engine"], None, None,
+                                         variant="tensorrt", device={"host": host.key()})
+        graph.gates.add(engine_verdict)
+        deps["engine_verdict"] = (engine_verdict, "verdict")
+    return deps
 
 
 def _add_artifact(graph: Graph, recipe: Recipe, target: Target, float_id: str,
@@ -100,7 +120,15 @@ def _add_artifact(graph: Graph, recipe: Recipe, target: Target, float_id: str,
             files["calibration"] = recipe.calibration.path
         node = Node("quantize.tflite", params, files=files, deps=deps)
     else:
-        node = Node("quantize.onnx", params, deps={"model": artifact})
+        files = {}
+        if quantize.mode == "int8":
+            params["calibration"] = _data_params(recipe, recipe.calibration)
+            files["calibration"] = recipe.calibration.path
+            compile_ = target.steps.get("compile")
+            # TensorRT executes symmetric int8 only; ONNX Runtime's CPU kernels prefer
+            # asymmetric uint8 activations.
+            params["symmetric"] = compile_ is not None and compile_.compiler == "tensorrt"
+        node = Node("quantize.onnx", params, deps={"model": artifact}, files=files)
     return graph.add(node, target.name), "model"
 
 
@@ -142,13 +170,14 @@ def _convert_node(recipe: Recipe, target: Target, keras: tuple[str, str] | None 
         params.pop("opset")
         return Node("convert.tflite", params, files=files, deps=deps)
     if params["source_format"] == "onnx":
-        params.pop("opset")  # the model keeps its own opset
-        return Node("convert.onnx-check", params, files=files)
+        # Checked, upgraded where needed, shapes fixed: see steps/prepare.py.
+        return Node("prepare.onnx", {"input_shapes": recipe.source.input_shapes}, files=files)
     return Node("convert.onnx", params, files=files, deps=deps)
 
 
 def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[str, str],
-                    float_id: str, rung: str | None) -> str:
+                    float_id: str | None, rung: str | None, variant: str | None = None,
+                    device: dict | None = None) -> str:
     data = _data_params(recipe, recipe.validation)
     task = {"task": recipe.task, "decode": recipe.decode}
     files = {"data": recipe.validation.path}
@@ -167,10 +196,10 @@ def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tupl
               "budget": target.budget.to_dict(), "rung": rung}
     deps = {"model": artifact, "reference": (baseline_id, "outputs"),
             "baseline": (baseline_id, "metrics")}
-    if artifact[0] != float_id:
+    if float_id is not None and artifact[0] != float_id:
         deps["float"] = (float_id, "model")
-    return graph.add(Node(f"validate.{target.format}", params, deps=deps, files=files),
-                     target.name)
+    return graph.add(Node(f"validate.{variant or target.format}", params, deps=deps,
+                          files=files, device=device or {}), target.name)
 
 
 def _data_params(recipe: Recipe, dataset) -> dict:
@@ -178,7 +207,4 @@ def _data_params(recipe: Recipe, dataset) -> dict:
 
 
 def _precision(target: Target, quantize) -> str:
-    compile_ = target.steps.get("compile")
-    if compile_ is not None and compile_.compiler == "tensorrt":
-        return compile_.precision
     return quantize.precision if quantize is not None else "float32"

@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
                       help="run up to N independent steps at once (default: 1)")
 
+    jobs.add_argument("--require-engines", action="store_true",
+                      help="fail targets whose TensorRT engine cannot be built here, "
+                           "instead of deferring the build to the device")
+
     p = sub.add_parser("all", parents=[common, jobs], help="build every target of the recipes")
     p.add_argument("recipes", nargs="+", metavar="RECIPE")
     p = sub.add_parser("build", parents=[common, jobs], help="build chosen targets")
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 def _settings(args):
     from edgebuild.api import Settings
 
-    return Settings.from_env(args.cache_dir, args.dist, getattr(args, "jobs", 1))
+    return Settings.from_env(args.cache_dir, args.dist, getattr(args, "jobs", 1),
+                             getattr(args, "require_engines", False))
 
 
 def _console(args):
@@ -137,6 +142,10 @@ def _print_summary(report) -> None:
         if target.get("archive"):
             where += f"  ({_size(target['archive']['bytes'])} .tar.gz)"
         print(f"  {name:<16} {target['status']:<9} {where}")
+        if target.get("deferred"):
+            print(f"  {'':<16} deferred: {target['deferred']}")
+        if target.get("message"):
+            print(f"  {'':<16} {target['message']}")
     print(f"{report.recipe}: {counts['total']} steps: {counts['cached']} cached, "
           f"{counts['executed']} executed, {counts['failed']} failed{extra} "
           f"({report.seconds:.1f}s)")
@@ -196,6 +205,8 @@ def cmd_plan(args) -> int:
         if s.cached and s.node.id in project.graph.gates and rejected(s.entry):
             for miss in s.entry.meta["verdict"]["misses"]:
                 print(f"           budget missed: {miss['text']}")
+    for target, reason in project.graph.deferred.items():
+        print(f"  {target}: deferred: {reason} (the bundle carries the build script)")
     for target, rung in project.graph.rungs.items():
         ladder = project.recipe.targets[target].fallback
         print(f"  {target}: fallback ladder at rung {ladder[rung][0]} "

@@ -82,7 +82,8 @@ class Executor:
         try:
             job = {"runner": node.impl.runner, "params": node.params, "device": node.device,
                    "inputs": self._inputs(node, work), "outdir": str(work / "out"),
-                   "digests": doc["inputs"], "chain": self._chain(node)}
+                   "digests": doc["inputs"], "chain": self._chain(node),
+                   "state": str(self.cache.state / "steps")}
             started = time.monotonic()
             result = self._spawn(job, work, node) if node.impl.heavy else _in_process(job)
             if "error" in result:

@@ -43,7 +43,7 @@ class Node:
 
     @property
     def label(self) -> str:
-        detail = self.params.get("mode") or self.params.get("precision") or ""
+        detail = self.params.get("mode") or ""
         if self.kind == "prune":
             detail = self.params.get("structure") or f"{self.params['sparsity']:g}"
         elif self.kind == "cluster":
@@ -74,6 +74,7 @@ class Graph:
         # a fallback ladder; earlier rungs' rejections only move the ladder down).
         self.gates: set[str] = set()
         self.rungs: dict[str, int] = {}  # target -> chosen rung of its fallback ladder
+        self.deferred: dict[str, str] = {}  # target -> why its compile cannot run here
 
     def add(self, node: Node, target: str) -> str:
         """Add `node`, or merge it into the identical node already present."""
@@ -110,6 +111,8 @@ class Graph:
             sub.target_chains[target] = self.target_chains[target]
             if target in self.rungs:
                 sub.rungs[target] = self.rungs[target]
+            if target in self.deferred:
+                sub.deferred[target] = self.deferred[target]
         sub.gates = self.gates & set(sub.nodes)
         return sub
 

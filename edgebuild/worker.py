@@ -29,6 +29,9 @@ class StepContext:
     chain: list[dict] = field(default_factory=list)         # earlier steps (for bundles)
     status: str = "executed"  # a step that cannot finish here sets "deferred"
     outputs: dict[str, str] = field(default_factory=dict)
+    # Where a step may keep what speeds later builds up without changing their
+    # results (TensorRT timing caches); never part of a key.
+    state: Path | None = None
 
     def output(self, name: str, filename: str) -> Path:
         """Declare output `name` and return the path to write it to."""
@@ -51,7 +54,8 @@ def run_job(job: dict) -> dict:
     outdir.mkdir(parents=True, exist_ok=True)
     ctx = StepContext(params=job["params"], inputs={k: Path(v) for k, v in job["inputs"].items()},
                       outdir=outdir, device=job["device"], digests=job.get("digests", {}),
-                      chain=job.get("chain", []))
+                      chain=job.get("chain", []),
+                      state=Path(job["state"]) if job.get("state") else None)
     module_name, function = job["runner"].split(":")
     try:
         meta = getattr(importlib.import_module(module_name), function)(ctx) or {}

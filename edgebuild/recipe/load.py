@@ -29,8 +29,10 @@ from edgebuild.recipe.model import (
 )
 from edgebuild.steps.params import RUNGS, SLOT_PARAMS, Budget, QuantizeParams
 
+DEFAULT_RUNTIME = {"tflite": "litert", "onnx": "onnxruntime"}  # a device's other format
 ON_BY_DEFAULT = {"convert", "validate", "bundle"}  # the rest run where a profile asks
-QUANTIZE_MODES = {"tflite": {"fp16", "dynamic", "int8", "int16x8"}, "onnx": {"fp16", "dynamic"}}
+QUANTIZE_MODES = {"tflite": {"fp16", "dynamic", "int8", "int16x8"},
+                  "onnx": {"fp16", "dynamic", "int8"}}
 # Built-in decoders and their options; any other name is a module:function plug-in.
 _COMMON = ("score_threshold", "iou_threshold", "max_detections")
 DECODERS = {"grid": _COMMON, "boxes-scores": (*_COMMON, "box_format", "activation",
@@ -183,10 +185,14 @@ class _Resolver:
         self._check_optimizations(where, spec, steps)
         budget = self._budget(where, device, spec.get("budget", {}), steps)
         fallback = self._fallback(where, spec.get("fallback"), device, fmt, steps, budget)
+        fallback = tuple((rung, _resolved_quantize(q, fmt)) for rung, q in fallback)
+        if "quantize" in steps:
+            steps["quantize"] = _resolved_quantize(steps["quantize"], fmt)
         if fallback:
             steps = _with_quantize(steps, fallback[0][1])  # the ladder starts at its top
-        return Target(name=name, device=device, format=fmt,
-                      runtime=spec.get("runtime", device.runtime), steps=steps,
+        runtime = spec.get("runtime") or (device.runtime if fmt == device.format
+                                          else DEFAULT_RUNTIME[fmt])
+        return Target(name=name, device=device, format=fmt, runtime=runtime, steps=steps,
                       budget=budget, fallback=fallback)
 
     # -- validation: budgets, fallback ladders, decoders ------------------------------
@@ -287,18 +293,7 @@ class _Resolver:
             if quantize.mode in ("int8", "int16x8") and calibration is None:
                 self.complain((*where, "quantize"), f"{quantize.mode} quantization calibrates "
                               "on data.calibration; add it, or choose mode fp16 or dynamic")
-            if quantize.io != "float32" and quantize.mode != "int8":
-                self.complain((*where, "quantize", "io"),
-                              f"io: {quantize.io} needs mode: int8 (full-integer)")
-            if not quantize.per_channel and (quantize.mode not in ("int8", "int16x8")
-                                             or fmt != "tflite"):
-                self.complain((*where, "quantize", "per_channel"), "per_channel applies to "
-                              "TFLite int8 and int16x8 weights; drop it")
-            if quantize.keep_float and (quantize.mode != "int8" or fmt != "tflite"
-                                        or quantize.io != "float32"):
-                self.complain((*where, "quantize", "keep_float"),
-                              "keep_float leaves layers out of full-integer TFLite "
-                              "quantization; it needs format tflite, mode int8 and io float32")
+            self._check_quantize((*where, "quantize"), fmt, quantize, steps.get("compile"))
         if device.integer_only:
             if quantize is None or quantize.mode != "int8":
                 self.complain((*where, "quantize"), f"device '{device.name}' runs integer ops "
@@ -317,6 +312,39 @@ class _Resolver:
         if compile_ is not None and (compile_.compiler == "edgetpu") != (fmt == "tflite"):
             self.complain((*where, "compile", "compiler"),
                           f"the {compile_.compiler} compiler does not take {fmt} models")
+        if compile_ is not None and compile_.timing_cache is not None:
+            self._existing((*where, "compile", "timing_cache"), compile_.timing_cache)
+
+    def _check_quantize(self, at: tuple, fmt: str, quantize: QuantizeParams, compile_) -> None:
+        """Options that only some formats and modes take, and TensorRT's limits."""
+        mode, tflite = quantize.mode, fmt == "tflite"
+        io_ok = (quantize.io == "float32" or (quantize.io in ("int8", "uint8") and mode == "int8"
+                                               and tflite)
+                 or (quantize.io == "float16" and mode == "fp16" and not tflite))
+        if not io_ok:
+            self.complain((*at, "io"), f"io: {quantize.io} is for full-integer TFLite models "
+                          "(int8, uint8) or fp16 ONNX models (float16); this target quantizes "
+                          f"{fmt} to {mode}")
+        if not quantize.per_channel and not (mode in ("int8", "int16x8") or
+                                             (mode == "dynamic" and not tflite)):
+            self.complain((*at, "per_channel"), "per_channel applies to int8 and int16x8 "
+                          "weights (and ONNX dynamic); drop it")
+        if tflite and quantize.keep_float and (mode != "int8" or quantize.io != "float32"):
+            self.complain((*at, "keep_float"), "keep_float leaves layers out of full-integer "
+                          "TFLite quantization; it needs mode int8 and io float32")
+        if not tflite and quantize.keep_float.sensitive:
+            self.complain((*at, "keep_float", "sensitive"), "choosing the most sensitive layers "
+                          "uses TFLite's QuantizationDebugger; for ONNX, name the nodes or op "
+                          "types to keep in float with keep_float.layers or keep_float.ops")
+        if quantize.calibration_method is not None and (tflite or mode != "int8"):
+            self.complain((*at, "calibration_method"), "calibration_method is for ONNX static "
+                          "int8 (TFLite calibrates with min/max); drop it")
+        if quantize.weight_type is not None and (tflite or mode != "dynamic"):
+            self.complain((*at, "weight_type"), "weight_type is for ONNX dynamic quantization; "
+                          "drop it")
+        if compile_ is not None and compile_.compiler == "tensorrt" and mode == "dynamic":
+            self.complain((*at, "mode"), "TensorRT does not run dynamically quantized models; "
+                          "use fp16, or int8 (static QDQ, calibrated)")
 
     def _check_optimizations(self, where: tuple, spec: dict, steps: dict) -> None:
         """prune and cluster: a Keras 2 source, and fine-tuning where the options need it."""
@@ -392,7 +420,12 @@ class _Resolver:
             self.complain(("source", "path"), f"cannot tell the model format of '{spec['path']}' "
                           "(expected .keras, .h5, .onnx or a SavedModel folder); "
                           "set source.format")
-        return Source(path=path or Path(spec["path"]), format=fmt or "unknown")
+        shapes = {name: list(dims) for name, dims in spec.get("input_shapes", {}).items()}
+        if shapes and fmt != "onnx":
+            self.complain(("source", "input_shapes"), "input_shapes fixes dynamic dimensions of "
+                          "ONNX sources; Keras and SavedModel sources declare their own shapes")
+        return Source(path=path or Path(spec["path"]), format=fmt or "unknown",
+                      input_shapes=shapes)
 
     def _dataset(self, data: dict, role: str) -> Dataset | None:
         spec = data.get(role)
@@ -422,6 +455,17 @@ def _device(name: str, spec: dict) -> Device:
                   budget=spec.get("budget", {}))
 
 
+def _resolved_quantize(quantize: QuantizeParams | None, fmt: str) -> QuantizeParams | None:
+    """ONNX Runtime's defaults written out, so that keys and lock files record them."""
+    if quantize is None or fmt != "onnx":
+        return quantize
+    if quantize.mode == "int8" and quantize.calibration_method is None:
+        return replace(quantize, calibration_method="minmax")
+    if quantize.mode == "dynamic" and quantize.weight_type is None:
+        return replace(quantize, weight_type="int8")
+    return quantize
+
+
 def _with_quantize(steps: dict, quantize: QuantizeParams | None) -> dict:
     """The target's slots with the quantize slot replaced (None: no quantization)."""
     replaced = {slot: params for slot, params in steps.items() if slot != "quantize"}
@@ -442,10 +486,11 @@ def _rung_problem(name: str, params: QuantizeParams | None, device: Device,
         return (f"the rung '{name}' needs {params.mode} quantization, which is not available "
                 f"for {fmt} (rungs for {fmt}: " + ", ".join(
                     r for r, o in RUNGS.items() if o is None or (
-                        o["mode"] in QUANTIZE_MODES[fmt] and (fmt == "tflite" or len(o) == 1)))
+                        o["mode"] in QUANTIZE_MODES[fmt] and (fmt == "tflite"
+                                                              or "keep_float" not in o)))
                 + ")")
-    if fmt != "tflite" and (not params.per_channel or params.keep_float):
-        return f"the rung '{name}' is TFLite-only (per-channel and selective quantization)"
+    if fmt != "tflite" and params.keep_float.sensitive:
+        return f"the rung '{name}' is TFLite-only (it uses TFLite's QuantizationDebugger)"
     return None
 
 

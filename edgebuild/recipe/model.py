@@ -60,6 +60,7 @@ class Training:
 class Source:
     path: Path
     format: str  # keras | saved_model | onnx
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)  # ONNX: fixed dims
 
 
 @dataclass(frozen=True)

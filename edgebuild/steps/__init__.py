@@ -36,12 +36,15 @@ class Impl:
 IMPLS = {impl.name: impl for impl in (
     Impl("convert.tflite", 2, "edgebuild.steps.convert:to_tflite", TF),
     Impl("convert.onnx", 3, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx")),
-    Impl("convert.onnx-check", 2, "edgebuild.steps.convert:check_onnx", ("onnx",)),
+    Impl("prepare.onnx", 1, "edgebuild.steps.prepare:onnx", ("onnx", "onnxruntime", "sympy")),
     Impl("prune.tfmot", 4, "edgebuild.steps.optimize:prune", TFMOT),
     Impl("cluster.tfmot", 2, "edgebuild.steps.optimize:cluster", TFMOT),
     Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite", (*TF, "numpy", "pillow")),
-    Impl("quantize.onnx", 2, "edgebuild.steps.quantize:onnx", ("onnx", "onnxruntime")),
-    Impl("compile.tensorrt", 1, "edgebuild.steps.compile:tensorrt", ("tensorrt",), heavy=False,
+    Impl("quantize.onnx", 3, "edgebuild.steps.quantize_onnx:run",
+         ("onnx", "onnxruntime", "numpy", "pillow")),
+    # The host's GPU and TensorRT version are in the key through `device`; heavy, since
+    # a build holds GPU memory that only a process exit reliably gives back.
+    Impl("compile.tensorrt", 2, "edgebuild.steps.compile:tensorrt", ("tensorrt",),
          nondeterministic="TensorRT times candidate kernels while building, so engines built "
                           "from the same ONNX can differ"),
     Impl("compile.edgetpu", 1, "edgebuild.steps.compile:edgetpu", (), heavy=False),
@@ -53,5 +56,8 @@ IMPLS = {impl.name: impl for impl in (
          volatile=("report",)),
     Impl("validate.onnx", 3, "edgebuild.steps.validate:run", ("onnxruntime", *METRICS),
          volatile=("report",)),
+    # Engines against the source's outputs, on the GPU that built them.
+    Impl("validate.tensorrt", 1, "edgebuild.steps.validate:run",
+         ("tensorrt", "cuda-python", *METRICS), volatile=("report",)),
     Impl("bundle", 4, "edgebuild.steps.bundle:run", (), heavy=False),
 )}

@@ -1,6 +1,6 @@
-"""compile: device compilers that cannot run here become a deferred build.
-
-The bundle then carries the model and the exact command that finishes the build on
+"""compile: device compilers. TensorRT builds an engine where this host has an NVIDIA
+GPU and TensorRT; elsewhere, and for the Edge TPU compiler, the step is a deferred
+build: the bundle carries the model and the exact command that finishes the build on
 a machine with the compiler (and, for TensorRT, the matching GPU).
 """
 
@@ -10,26 +10,60 @@ import shutil
 
 from edgebuild.worker import StepContext
 
-TRTEXEC_PRECISION = {"fp32": "", "fp16": " --fp16", "int8": " --int8"}
+TIMING_CACHE = "timing.cache"
 
 
 def tensorrt(ctx: StepContext) -> dict:
-    precision = ctx.params["precision"] or "fp16"
-    command = (f"trtexec --onnx=model.onnx --saveEngine=model.engine"
-               f"{TRTEXEC_PRECISION[precision]} --timingCacheFile=timing.cache")
-    reason = ("no NVIDIA GPU here" if shutil.which("nvidia-smi") is None
-              else "this version builds TensorRT engines on the device only")
-    return _defer(ctx, "build_engine.sh", command, reason)
+    from edgebuild.toolchains.nvidia import NvidiaHost
+    from edgebuild.toolchains.tensorrt import trtexec_command
+
+    host = NvidiaHost(**ctx.device["host"])  # what the key says: planning probed it
+    params, seed = ctx.params, ctx.inputs.get("timing_cache")
+    if host.deferral:
+        command = trtexec_command(params["hardware_compatibility"], params.get("workspace_mb"),
+                                  shapes=params.get("shapes", ""))
+        folder = _defer(ctx, "build_engine.sh", command, host.deferral)
+        if seed is not None:  # trtexec reads it, and updates it for the next build
+            shutil.copyfile(seed, folder / TIMING_CACHE)
+        return {"deferred": host.deferral, "command": command}
+    return _build_engine(ctx, host, seed)
+
+
+def _build_engine(ctx: StepContext, host, seed) -> dict:
+    """Build here, starting from the best timing cache at hand: the recipe's, merged
+    with the one earlier builds on this GPU and TensorRT version left in the cache's
+    state folder (timings only speed building up; they never change correctness)."""
+    from edgebuild.fsutil import atomic_write
+    from edgebuild.toolchains.tensorrt import build_engine
+
+    ctx.progress(f"building a TensorRT {host.tensorrt} engine for {host.gpu}")
+    shared = None
+    if ctx.state is not None:
+        slug = f"{host.tensorrt}-sm{host.compute_capability}".replace("/", "_")
+        shared = ctx.state / "tensorrt" / f"{slug}.{TIMING_CACHE}"
+    seed_bytes = (seed.read_bytes() if seed is not None
+                  else shared.read_bytes() if shared is not None and shared.exists() else b"")
+    params = ctx.params
+    engine, timing = build_engine(ctx.inputs["model"], params["hardware_compatibility"],
+                                  params.get("workspace_mb"), seed_bytes)
+    ctx.output("engine", "model.engine").write_bytes(engine)
+    ctx.output("timing_cache", TIMING_CACHE).write_bytes(timing)
+    if shared is not None:
+        atomic_write(shared, timing)
+    return {"facts": {"engine_bytes": len(engine), "gpu": host.gpu,
+                      "compute_capability": host.compute_capability,
+                      "tensorrt": host.tensorrt, "timing_cache_seeded": bool(seed_bytes)}}
 
 
 def edgetpu(ctx: StepContext) -> dict:
     command = "edgetpu_compiler --show_operations --out_dir . model.tflite"
     reason = ("edgetpu_compiler is not installed here" if shutil.which("edgetpu_compiler") is None
               else "edgetpu_compiler runs as a deferred step in this version")
-    return _defer(ctx, "compile_edgetpu.sh", command, reason)
+    _defer(ctx, "compile_edgetpu.sh", command, reason)
+    return {"deferred": reason, "command": command}
 
 
-def _defer(ctx: StepContext, script_name: str, command: str, reason: str) -> dict:
+def _defer(ctx: StepContext, script_name: str, command: str, reason: str):
     folder = ctx.output("build", "build")
     folder.mkdir()
     script = folder / script_name
@@ -37,4 +71,4 @@ def _defer(ctx: StepContext, script_name: str, command: str, reason: str) -> dic
                       f"# Deferred: {reason}.\nset -e\ncd \"$(dirname \"$0\")\"\n{command}\n")
     script.chmod(0o755)
     ctx.status = "deferred"
-    return {"deferred": reason, "command": command}
+    return folder

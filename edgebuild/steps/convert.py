@@ -55,23 +55,6 @@ def to_onnx(ctx: StepContext) -> dict:
     return _check(out)
 
 
-def check_onnx(ctx: StepContext) -> dict:
-    """An ONNX source, checked and with shapes inferred, as the float artifact."""
-    import onnx
-
-    ctx.progress("checking ONNX model")
-    try:
-        model = onnx.load(str(ctx.inputs["model"]))
-        onnx.checker.check_model(model)
-        model = onnx.shape_inference.infer_shapes(model)
-    except (onnx.checker.ValidationError, onnx.onnx_cpp2py_export.shape_inference.InferenceError,
-            Exception) as exc:  # onnx raises several unrelated types for broken files
-        raise StepError(f"{ctx.inputs['model']}: not a valid ONNX model: {exc}") from None
-    out = ctx.output("model", "model.onnx")
-    onnx.save(model, str(out))
-    return _check(out)
-
-
 @contextmanager
 def _deterministic_tf2onnx():
     """Run tf2onnx without its `merge_duplication` pass, which keeps whichever duplicate

@@ -75,6 +75,9 @@ class QuantizeParams(Params):
     io: str = "float32"
     per_channel: bool = True
     keep_float: KeepFloat = KeepFloat()
+    # ONNX Runtime only (None elsewhere, and then absent from keys and lock files).
+    calibration_method: str | None = None  # static int8: minmax | entropy | percentile
+    weight_type: str | None = None         # dynamic: int8 | uint8
 
     @classmethod
     def from_dict(cls, values: dict):
@@ -86,6 +89,9 @@ class QuantizeParams(Params):
         values = super().to_dict()
         if not self.keep_float.sensitive:  # absent unless used: keys from before it stay
             del values["keep_float"]["sensitive"]
+        for onnx_only in ("calibration_method", "weight_type"):
+            if values[onnx_only] is None:
+                del values[onnx_only]
         return values
 
     @property
@@ -99,7 +105,18 @@ class QuantizeParams(Params):
 @dataclass(frozen=True)
 class CompileParams(Params):
     compiler: str = "tensorrt"
-    precision: str | None = None  # TensorRT only; fp16 when unset
+    # TensorRT only. Precision is not a compile option: engines are built strongly
+    # typed from what quantize made (fp16 ONNX, QDQ int8), as TensorRT 11 requires.
+    hardware_compatibility: str = "none"  # none | ampere+ | same-compute-capability
+    workspace_mb: int | None = None
+    timing_cache: str | None = None  # a file to seed builds with, relative to the recipe
+
+    def to_dict(self) -> dict:
+        if self.compiler != "tensorrt":
+            return {"compiler": self.compiler}
+        # The timing cache is a file input, keyed by its digest rather than its path.
+        return {k: v for k, v in super().to_dict().items()
+                if v is not None and k != "timing_cache"}
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""quantize: post-training quantization with the TFLite converter or ONNX Runtime.
+"""quantize.tflite: post-training quantization with the TFLite converter (ONNX Runtime's
+is in quantize_onnx).
 
 Modes follow the TFLite guide: fp16 (half-size weights), dynamic (int8 weights,
 float activations), int8 (full-integer, activations calibrated on data.calibration)
@@ -161,19 +162,3 @@ def _check_composition(ctx: StepContext, ops, mode: str) -> dict:
                         "with quantize.keep_float.")
     return {"layers": layers, "preserved": True}
 
-
-def onnx(ctx: StepContext) -> dict:
-    mode = ctx.params["mode"]
-    out = ctx.output("model", "model.onnx")
-    ctx.progress(f"quantizing to {mode} with ONNX Runtime")
-    if mode == "dynamic":
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(str(ctx.inputs["model"]), str(out), weight_type=QuantType.QInt8)
-    else:  # fp16, keeping float32 inputs and outputs so callers need no change
-        import onnx as onnx_lib
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-
-        model = onnx_lib.load(str(ctx.inputs["model"]))
-        onnx_lib.save(convert_float_to_float16(model, keep_io_types=True), str(out))
-    return {"bytes": out.stat().st_size, "mode": mode}

@@ -1,6 +1,6 @@
 """Run artifacts in the runtimes devices use: LiteRT for .tflite, ONNX Runtime for
-.onnx. Integer I/O is quantized and dequantized with the model's own parameters, so
-callers always pass and receive float32."""
+.onnx, TensorRT for .engine. Integer I/O is quantized and dequantized with the
+model's own parameters, so callers always pass and receive float32."""
 
 from __future__ import annotations
 
@@ -43,6 +43,10 @@ class OnnxModel:
 
 
 def load_runtime(path: Path, threads: int = 1):
+    if path.suffix == ".engine":
+        from edgebuild.toolchains.tensorrt import TensorRTModel
+
+        return TensorRTModel(path, threads)
     return LiteRTModel(path, threads) if path.suffix == ".tflite" else OnnxModel(path, threads)
 
 

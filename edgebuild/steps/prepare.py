@@ -1,0 +1,65 @@
+"""prepare: an ONNX source made fit for quantization and TensorRT.
+
+Models arrive exported by old tools: opset 9, weights listed as graph inputs, dynamic
+dimensions. This step checks the model, drops initializer inputs, upgrades the opset
+where later steps need it, fixes dynamic dimensions, infers shapes, and runs ONNX
+Runtime's quantization pre-processing (symbolic shape inference and graph
+optimizations such as folding BatchNormalization into Conv). The result is the
+target's float artifact.
+"""
+
+from __future__ import annotations
+
+import os
+
+from edgebuild.errors import StepError
+from edgebuild.worker import StepContext
+
+
+def onnx(ctx: StepContext) -> dict:
+    import onnx as onnx_lib
+
+    from edgebuild.toolchains import onnx_tools as tools
+
+    ctx.progress("preparing the ONNX model")
+    source = ctx.inputs["model"]
+    model = tools.load_checked(source)
+    facts = {"source_opset": tools.opset_of(model), "source_nodes": len(model.graph.node)}
+    dropped = tools.drop_initializer_inputs(model)
+    model = tools.upgrade_opset(model)
+    fixed = tools.fix_input_shapes(model, ctx.params["input_shapes"])
+    dynamic = tools.dynamic_inputs(model)
+    if dynamic:
+        shapes = ", ".join(f"{name} {shape}" for name, shape in dynamic.items())
+        raise StepError(f"{source.name}: inputs with dynamic dimensions: {shapes}. Quantization "
+                        "calibrates and TensorRT builds for fixed shapes; set them in the "
+                        "recipe, e.g. source: {input_shapes: {NAME: [1, 3, 224, 224]}}")
+    model = tools.infer_shapes(model)
+    tools.name_nodes(model)
+
+    staged = ctx.outdir / "staged.onnx"
+    onnx_lib.save(model, str(staged))
+    out = ctx.output("model", "model.onnx")
+    _pre_process(staged, out)
+    os.unlink(staged)
+
+    prepared = tools.load_checked(out)
+    facts.update({"opset": tools.opset_of(prepared), "nodes": len(prepared.graph.node),
+                  "dropped_initializer_inputs": len(dropped)})
+    if fixed:
+        facts["fixed_shapes"] = fixed
+    return {"facts": facts, "bytes": out.stat().st_size}
+
+
+def _pre_process(model_path, out) -> None:
+    """ONNX Runtime's recommended step before quantization. It also leaves a model
+    that no longer carries unused initializers (e.g. BatchNorm's num_batches_tracked)."""
+    import onnxruntime
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    onnxruntime.set_default_logger_severity(3)  # its per-initializer warnings are noise here
+    try:
+        quant_pre_process(str(model_path), str(out))
+    except Exception as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StepError(f"ONNX Runtime's quantization pre-processing failed: {text}") from None

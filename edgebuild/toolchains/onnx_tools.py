@@ -1,0 +1,158 @@
+"""ONNX model surgery for models as they really arrive: old opsets, initializers listed
+as graph inputs, dynamic dimensions. Every failure is a StepError that names the
+model and says what to do."""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+from edgebuild.errors import StepError
+
+# QuantizeLinear/DequantizeLinear take a per-channel `axis` from opset 13 on; older
+# models are upgraded so that per-channel quantization (and TensorRT) can read them.
+MIN_OPSET = 13
+
+
+def load_checked(path: Path):
+    import onnx
+
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises DecodeError, ValidationError and others
+        raise StepError(f"{path}: not a valid ONNX model: {_first_line(exc)}") from None
+    return model
+
+
+def opset_of(model) -> int:
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def drop_initializer_inputs(model) -> list[str]:
+    """Old exporters (PyTorch < 1.4's keep_initializers_as_inputs) list every weight as
+    a graph input too. Runtimes then treat weights as overridable, which blocks constant
+    folding and per-channel quantization; drop them from the inputs."""
+    weights = {init.name for init in model.graph.initializer}
+    dropped = [i.name for i in model.graph.input if i.name in weights]
+    if dropped:
+        kept = [i for i in model.graph.input if i.name not in weights]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+    return dropped
+
+
+def upgrade_opset(model, minimum: int = MIN_OPSET):
+    import onnx
+    from onnx import version_converter
+
+    before = opset_of(model)
+    if before >= minimum:
+        return model
+    try:
+        upgraded = version_converter.convert_version(model, minimum)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:
+        raise StepError(f"cannot upgrade the model from opset {before} to {minimum}, which "
+                        f"quantization and TensorRT need: {_first_line(exc)}; re-export it "
+                        f"with opset {minimum} or later") from None
+    return upgraded
+
+
+def fix_input_shapes(model, shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Set dynamic input dimensions: from `shapes` (source.input_shapes), and a dynamic
+    leading (batch) dimension to 1, since edge models run one sample at a time.
+    Returns what was fixed, by input."""
+    inputs = {i.name: i for i in model.graph.input}
+    unknown = sorted(set(shapes) - set(inputs))
+    if unknown:
+        raise StepError(f"source.input_shapes names {', '.join(unknown)}, which the model "
+                        f"does not have (its inputs: {', '.join(inputs)})")
+    changed = []
+    for name, value in inputs.items():
+        dims = value.type.tensor_type.shape.dim
+        wanted = shapes.get(name)
+        if wanted is not None and len(wanted) != len(dims):
+            raise StepError(f"source.input_shapes.{name} has {len(wanted)} dimensions and the "
+                            f"model's input has {len(dims)}: {_shape_text(dims)}")
+        for axis, dim in enumerate(dims):
+            static = dim.HasField("dim_value") and dim.dim_value > 0
+            if wanted is not None:
+                if static and dim.dim_value != wanted[axis]:
+                    raise StepError(f"source.input_shapes.{name}[{axis}] is {wanted[axis]}, but "
+                                    f"the model fixes it at {dim.dim_value}: "
+                                    f"{_shape_text(dims)}")
+                size = wanted[axis]
+            elif not static and axis == 0:
+                size = 1
+            else:
+                continue
+            if not static:
+                dim.Clear()
+                dim.dim_value = size
+                changed.append(name)
+    return {name: [d.dim_value for d in inputs[name].type.tensor_type.shape.dim]
+            for name in dict.fromkeys(changed)}
+
+
+def dynamic_inputs(model) -> dict[str, str]:
+    """Inputs that still have a dynamic dimension, with their shapes as text."""
+    return {i.name: _shape_text(i.type.tensor_type.shape.dim) for i in model.graph.input
+            if any(not (d.HasField("dim_value") and d.dim_value > 0)
+                   for d in i.type.tensor_type.shape.dim)}
+
+
+def infer_shapes(model):
+    import onnx
+
+    # A model with fixed inputs may still carry stale shapes on its intermediate
+    # tensors (the exporter's); infer from the inputs alone.
+    del model.graph.value_info[:]
+    try:
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise StepError(f"ONNX shape inference failed: {_first_line(exc)}") from None
+
+
+def op_types(model) -> set[str]:
+    return {node.op_type for node in model.graph.node}
+
+
+def matching_nodes(model, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the nodes that match any of the shell-style `patterns`; an error for a
+    pattern that matches none, listing some names that exist."""
+    names = [node.name for node in model.graph.node if node.name]
+    matched: list[str] = []
+    for pattern in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hits:
+            raise StepError(f"quantize.keep_float.layers: '{pattern}' matches no node of the "
+                            f"model (e.g. {', '.join(names[-5:]) or 'its nodes have no names'})")
+        matched.extend(h for h in hits if h not in matched)
+    return matched
+
+
+def name_nodes(model) -> int:
+    """Give unnamed nodes stable names (op type and index), so that exclusions and
+    quantization tools can address every node. Returns how many were named."""
+    count = 0
+    taken = {node.name for node in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+            count += 1
+    return count
+
+
+def _shape_text(dims) -> str:
+    return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
+                           for d in dims) + "]"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
