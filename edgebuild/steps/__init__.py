@@ -40,7 +40,7 @@ IMPLS = {impl.name: impl for impl in (
     Impl("prune.tfmot", 4, "edgebuild.steps.optimize:prune", TFMOT),
     Impl("cluster.tfmot", 2, "edgebuild.steps.optimize:cluster", TFMOT),
     Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite", (*TF, "numpy", "pillow")),
-    Impl("quantize.onnx", 3, "edgebuild.steps.quantize_onnx:run",
+    Impl("quantize.onnx", 4, "edgebuild.steps.quantize_onnx:run",
          ("onnx", "onnxruntime", "numpy", "pillow")),
     # The host's GPU and TensorRT version are in the key through `device`; heavy, since
     # a build holds GPU memory that only a process exit reliably gives back.

@@ -36,6 +36,9 @@ def run(ctx: StepContext) -> dict:
             shutil.copyfile(script, folder / script.name)
             (folder / script.name).chmod(0o755)
         deferred = next((c for c in ctx.chain if c["status"] == "deferred"), None)
+    for name, filename in (("engine", "model.engine"), ("timing_cache", "timing.cache")):
+        if name in ctx.inputs:  # a TensorRT engine built here, for this host's GPU
+            shutil.copyfile(ctx.inputs[name], folder / filename)
     manifest = _manifest(ctx, artifact_name, folder, deferred)
     (folder / "manifest.json").write_bytes(pretty_json(manifest))
     _archive(folder, ctx.output("archive", "bundle.tar.gz"), ctx.params["target"])
@@ -73,6 +76,9 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
     if deferred:
         artifact["deferred"] = (f"{deferred['kind']} runs on the device: "
                                 "see the script in this bundle")
+    if "engine" in ctx.inputs:
+        compiled = next(c for c in ctx.chain if c["kind"] == "compile")
+        artifact["engine"] = {"file": "model.engine", **compiled.get("facts", {})}
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "recipe": {"name": params["recipe"], "task": params["task"],
@@ -91,6 +97,10 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
             "metrics": verdict["metrics"], "baseline": verdict["baseline"],
             "drop": verdict["drop"], **({"unchecked": verdict["unchecked"]}
                                         if verdict["unchecked"] else {})}
+    if "engine_verdict" in ctx.inputs:
+        verdict = json.loads(ctx.inputs["engine_verdict"].read_text())
+        manifest["engine_validation"] = {k: verdict[k] for k in (
+            "passed", "samples", "metric", "metrics", "baseline", "drop")}
     if "fallback" in params:
         manifest["fallback"] = _ladder(ctx, params["fallback"])
     return manifest

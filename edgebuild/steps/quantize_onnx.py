@@ -96,16 +96,47 @@ def _static(ctx: StepContext, model, out, params: dict, nodes: list[str],
     # (U8S8); TensorRT runs only symmetric int8.
     symmetric = params.get("symmetric", False)
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
-    method = params.get("calibration_method") or "minmax"
+    method = CALIBRATION_METHODS[params.get("calibration_method") or "minmax"]
+    op_types = _quantized_ops(QDQRegistry, ops)
+    ranges = None
+    if method == "Entropy":
+        ranges = _entropy_ranges(ctx, model, op_types or list(QDQRegistry), Samples())
     quantize_static(
-        model, str(out), Samples(), quant_format=QuantFormat.QDQ,
+        model, str(out), None if ranges else Samples(), quant_format=QuantFormat.QDQ,
         per_channel=params["per_channel"],
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
         weight_type=QuantType.QInt8, nodes_to_exclude=nodes or None,
-        op_types_to_quantize=_quantized_ops(QDQRegistry, ops),
-        calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-        extra_options=extra or None)
+        op_types_to_quantize=op_types,
+        calibrate_method=getattr(CalibrationMethod, method),
+        extra_options=extra or None, calibration_cache_path=ranges)
+    if ranges:
+        ranges.unlink()
     return len(samples)
+
+
+def _entropy_ranges(ctx: StepContext, model, op_types: list[str], reader):
+    """Activation ranges by KL divergence over a 2048-bin histogram, as TensorRT's
+    entropy calibrator does. quantize_static's own Entropy uses 128 histogram bins for
+    128 quantized bins, which leaves nothing to search: it returns the min/max range.
+    The ranges go to quantize_static as its calibration cache."""
+    import onnx
+    from onnxruntime.quantization.calibrate import (
+        CalibrationMethod,
+        create_calibrator,
+        save_tensors_data,
+    )
+
+    work = ctx.outdir.parent / "entropy"
+    work.mkdir()
+    onnx.save(model, str(work / "model.onnx"))
+    calibrator = create_calibrator(
+        work / "model.onnx", op_types, augmented_model_path=str(work / "augmented.onnx"),
+        calibrate_method=CalibrationMethod.Entropy,
+        extra_options={"num_bins": 2048, "num_quantized_bins": 128})
+    calibrator.collect_data(reader)
+    ranges = ctx.outdir.parent / "entropy.json"
+    save_tensors_data(calibrator.compute_data(), ranges)
+    return ranges
 
 
 def _existing_op_types(model, wanted: tuple[str, ...] | list[str]) -> list[str]:

@@ -35,11 +35,15 @@ class OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        # fp16 models may take float16 I/O (quantize io: float16).
+        self.input_type = np.float16 if first.type == "tensor(float16)" else np.float32
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
-        return [o[0] for o in self.session.run(None, {self.input_name: x[None, ...]})]
+        feed = {self.input_name: x[None, ...].astype(self.input_type, copy=False)}
+        return [o[0].astype(np.float32, copy=False) for o in self.session.run(None, feed)]
 
 
 def load_runtime(path: Path, threads: int = 1):
