@@ -101,7 +101,7 @@ def write_recipe(folder: Path, calibration: int, validation: int, warmup: int,
                  runs: int) -> Path:
     # MobileNetV2 expects inputs in [-1, 1]: x = (pixel - 127.5) * (1 / 127.5).
     validate = f"{{warmup: {warmup}, runs: {runs}}}"
-    targets = "\n".join(f"  {name}: {{device: x86-cpu, quantize: {quantize}, "
+    targets = "\n".join(f"  {name}: {{device: x86-cpu, format: tflite, quantize: {quantize}, "
                         f"validate: {validate}}}" for name, quantize in MODES.items())
     recipe = folder / "mobilenet_v2.yaml"
     recipe.write_text(f"""name: mobilenet_v2

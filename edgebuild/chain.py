@@ -187,8 +187,8 @@ def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tupl
             files[name] = path
     # The source model's outputs and metrics on the validation set, computed once for
     # all targets.
-    variant = "onnx" if recipe.source.format == "onnx" else "tf"
-    baseline = Node(f"baseline.{variant}", {"data": data, **task,
+    source_runtime = "onnx" if recipe.source.format == "onnx" else "tf"
+    baseline = Node(f"baseline.{source_runtime}", {"data": data, **task,
                                             "source_format": recipe.source.format},
                     files={**files, "model": recipe.source.path})
     baseline_id = graph.add(baseline, target.name)

@@ -89,7 +89,7 @@ def test_a_missed_budget_fails_its_target_only(tiny):
 
 
 def test_the_ladder_steps_down_until_the_budget_holds(tiny):
-    add_targets(tiny, "  laddered: {device: x86-cpu, budget: {min_snr_db: 65},\n"
+    add_targets(tiny, "  laddered: {device: x86-cpu, format: tflite, budget: {min_snr_db: 65},\n"
                       "             fallback: [int8, int16x8, fp16]}\n")
     result = tiny.build()
     assert result["targets"]["laddered"]["fallback"]["chosen"] == "fp16"
@@ -120,7 +120,7 @@ def test_a_ladder_that_runs_out_of_rungs_fails_with_every_miss(tiny):
 
 
 def test_sensitive_layers_stay_float(tiny):
-    add_targets(tiny, "  mixed: {device: x86-cpu, quantize: {mode: int8, "
+    add_targets(tiny, "  mixed: {device: x86-cpu, format: tflite, quantize: {mode: int8, "
                       "keep_float: {sensitive: 1}}}\n")
     result = tiny.build()
     assert result["targets"]["mixed"]["status"] == "ok"

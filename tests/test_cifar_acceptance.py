@@ -68,10 +68,10 @@ data:
   train: {{path: train.npz, loss: sparse_categorical_crossentropy, epochs: 3, batch_size: 32,
           learning_rate: 0.0001}}
 targets:
-  float: {{device: x86-cpu, quantize: false}}
-  int8: {{device: x86-cpu}}
-  pruned: {{device: x86-cpu, quantize: false, prune: {{sparsity: 0.5, end_step: 19}}}}
-  clustered: {{device: x86-cpu, quantize: false, cluster: {{clusters: 16}}}}
+  float: {{device: x86-cpu, format: tflite, quantize: false}}
+  int8: {{device: x86-cpu, format: tflite}}
+  pruned: {{device: x86-cpu, format: tflite, quantize: false, prune: {{sparsity: 0.5, end_step: 19}}}}
+  clustered: {{device: x86-cpu, format: tflite, quantize: false, cluster: {{clusters: 16}}}}
 """
 
 

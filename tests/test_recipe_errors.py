@@ -132,7 +132,7 @@ def test_budget_ladder_and_decoder_mistakes_are_located(tiny, capsys):
   coral: {device: coral-edgetpu, budget: {min_cosine: 0.9}, fallback: [int8, fp16]}
   quiet: {device: rpi4, validate: false, budget: {max_size_mb: 1}}
   lost: {device: rpi4, fallback: [int8, fp16]}
-  onnx: {device: x86-cpu, format: onnx, budget: {min_cosine: 0.9}, fallback: [int8, fp16]}
+  onnx: {device: x86-cpu, budget: {min_cosine: 0.9}, fallback: [int16x8, int8-sensitive-float]}
 """)
     tiny.recipe.write_text(text)
     code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
@@ -145,6 +145,7 @@ def test_budget_ladder_and_decoder_mistakes_are_located(tiny, capsys):
     assert "targets.coral.fallback[1]: device 'coral-edgetpu' runs integer ops only" in err
     assert "targets.quiet.budget: a budget is checked by validation" in err
     assert "targets.lost.fallback: a fallback ladder steps down while the budget fails" in err
-    assert "targets.onnx.fallback[0]: the rung 'int8' needs int8 quantization, which is " \
-           "not available for onnx" in err
+    assert "targets.onnx.fallback[0]: the rung 'int16x8' needs int16x8 quantization, which " \
+           "is not available for onnx" in err
+    assert "targets.onnx.fallback[1]: the rung 'int8-sensitive-float' is TFLite-only" in err
     assert not tiny.cache.exists()
