@@ -1,7 +1,7 @@
 """Acceptance: int8, pruning and clustering keep a real CNN's accuracy, for real.
 
 A small CNN is trained on CIFAR-10 images (../shared/data/cifar10-test-1k.npz; the test
-skips without it), then one recipe builds four x86-cpu targets with the real CLI:
+skips without it), then one recipe builds four rpi4 (TFLite) targets with the real CLI:
 
     float      float32 TFLite, the reference
     int8       full-integer int8 (the device default)          top-1 within 1.5 points
@@ -68,10 +68,10 @@ data:
   train: {{path: train.npz, loss: sparse_categorical_crossentropy, epochs: 3, batch_size: 32,
           learning_rate: 0.0001}}
 targets:
-  float: {{device: x86-cpu, format: tflite, quantize: false}}
-  int8: {{device: x86-cpu, format: tflite}}
-  pruned: {{device: x86-cpu, format: tflite, quantize: false, prune: {{sparsity: 0.5, end_step: 19}}}}
-  clustered: {{device: x86-cpu, format: tflite, quantize: false, cluster: {{clusters: 16}}}}
+  float: {{device: rpi4, quantize: false}}
+  int8: {{device: rpi4}}
+  pruned: {{device: rpi4, quantize: false, prune: {{sparsity: 0.5, end_step: 19}}}}
+  clustered: {{device: rpi4, quantize: false, cluster: {{clusters: 16}}}}
 """
 
 

@@ -229,8 +229,8 @@ def test_dynamic_dimensions_come_from_the_recipe(tmp_path):
     assert failed["label"] == "prepare.onnx"
     assert "input [1, 3, H, W]" in failed["message"] and "input_shapes" in failed["message"]
 
-    (tmp_path / "tiny.yaml").write_text(recipe.replace(
-        "source: {path: tiny.onnx}", "source: {path: tiny.onnx, input_shapes: {input: [1, 3, 16, 16]}}"))
+    fixed = "source: {path: tiny.onnx, input_shapes: {input: [1, 3, 16, 16]}}"
+    (tmp_path / "tiny.yaml").write_text(recipe.replace("source: {path: tiny.onnx}", fixed))
     result = project.build()
     assert result["targets"]["x86"]["status"] == "ok"
 

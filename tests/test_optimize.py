@@ -29,17 +29,17 @@ data:
   train: {path: data/train.npz, loss: sparse_categorical_crossentropy, epochs: 1,
           batch_size: 8}
 targets:
-  pruned: {device: x86-cpu, format: tflite, quantize: false, prune: {sparsity: 0.5}, validate: false}
-  oneshot: {device: x86-cpu, format: tflite, quantize: false, prune: {sparsity: 0.5, epochs: 0},
+  pruned: {device: rpi4, quantize: false, prune: {sparsity: 0.5}, validate: false}
+  oneshot: {device: rpi4, quantize: false, prune: {sparsity: 0.5, epochs: 0},
             validate: false}
-  constant: {device: x86-cpu, format: tflite, quantize: false, prune: {sparsity: 0.5, schedule: constant},
+  constant: {device: rpi4, quantize: false, prune: {sparsity: 0.5, schedule: constant},
              validate: false}
-  clustered: {device: x86-cpu, format: tflite, quantize: false, cluster: {clusters: 4}, validate: false}
-  chain: {device: x86-cpu, format: tflite, prune: {sparsity: 0.5}, cluster: {clusters: 4}}
+  clustered: {device: rpi4, quantize: false, cluster: {clusters: 4}, validate: false}
+  chain: {device: rpi4, prune: {sparsity: 0.5}, cluster: {clusters: 4}}
   mcu: {device: mcu, prune: {sparsity: 0.5}, cluster: {clusters: 4}, validate: false}
-  dynamic: {device: x86-cpu, format: tflite, quantize: {mode: dynamic}, validate: false}
-  int16x8: {device: x86-cpu, format: tflite, quantize: {mode: int16x8}, validate: false}
-  selective: {device: x86-cpu, format: tflite, quantize: {mode: int8, keep_float: {layers: [head]}},
+  dynamic: {device: rpi4, quantize: {mode: dynamic}, validate: false}
+  int16x8: {device: rpi4, quantize: {mode: int16x8}, validate: false}
+  selective: {device: rpi4, quantize: {mode: int8, keep_float: {layers: [head]}},
               validate: false}
 """
 
@@ -129,7 +129,7 @@ def test_one_shot_pruning_warns_and_differs_from_fine_tuned(built_opt, capsys):
     assert main(["plan", str(built_opt.recipe), *built_opt.args()]) == 0
     err = capsys.readouterr().err
     line = OPT_RECIPE.splitlines().index(
-        "  oneshot: {device: x86-cpu, format: tflite, quantize: false, prune: {sparsity: 0.5, epochs: 0},") + 1
+        "  oneshot: {device: rpi4, quantize: false, prune: {sparsity: 0.5, epochs: 0},") + 1
     assert f"warning: {built_opt.recipe}:{line}:" in err
     assert "targets.oneshot.prune: prune runs one-shot, without fine-tuning, so accuracy may " \
            "drop" in err
@@ -213,8 +213,8 @@ def test_sizes_recorded_raw_and_gzip(built_opt):
 def test_changing_only_quantize_reruns_quantize_and_after(built_opt, tmp_path):
     project = built_opt.copy(tmp_path / "copy")
     text = project.recipe.read_text().replace(
-        "  chain: {device: x86-cpu, format: tflite, prune: {sparsity: 0.5}, cluster: {clusters: 4}}",
-        "  chain: {device: x86-cpu, format: tflite, prune: {sparsity: 0.5}, cluster: {clusters: 4},\n"
+        "  chain: {device: rpi4, prune: {sparsity: 0.5}, cluster: {clusters: 4}}",
+        "  chain: {device: rpi4, prune: {sparsity: 0.5}, cluster: {clusters: 4},\n"
         "          quantize: {mode: int16x8}}")
     project.recipe.write_text(text)
     code, result = project.run("build", "--target", "chain")
@@ -241,7 +241,7 @@ data:
   preprocess: {resize: [16, 16], scale: 0.00392156862745098}
   validation: {path: data/val}
 targets:
-  small: {device: x86-cpu, format: tflite, quantize: false, prune: {sparsity: 0.5}, validate: false}
+  small: {device: rpi4, quantize: false, prune: {sparsity: 0.5}, validate: false}
 """
 
 
@@ -274,13 +274,13 @@ def test_unsupported_layer_is_named_with_the_option_that_excludes_it(opt_assets,
 
 
 @pytest.mark.parametrize("change, message", [
-    ("  pruned: {device: x86-cpu, format: tflite, quantize: false, prune: {sparsity: 0.5, schedule: polynomial},"
+    ("  pruned: {device: rpi4, quantize: false, prune: {sparsity: 0.5, schedule: polynomial},"
      " validate: false}\n",
      "targets.pruned.prune.schedule: a polynomial schedule ramps sparsity up while fine-tuning"),
-    ("  pruned: {device: x86-cpu, format: tflite, quantize: false, prune: {structure: '2:4', sparsity: 0.7},"
+    ("  pruned: {device: rpi4, quantize: false, prune: {structure: '2:4', sparsity: 0.7},"
      " validate: false}\n",
      "targets.pruned.prune.sparsity: structure 2:4 fixes the sparsity at 0.5"),
-    ("  pruned: {device: x86-cpu, format: tflite, quantize: false, prune: {epochs: 3}, validate: false}\n",
+    ("  pruned: {device: rpi4, quantize: false, prune: {epochs: 3}, validate: false}\n",
      "targets.pruned.prune.epochs: prune fine-tunes for 3 epochs on data.train, which the "
      "recipe does not give"),
     ("  mcu: {device: mcu, quantize: {keep_float: {layers: [head]}}, validate: false}\n",
