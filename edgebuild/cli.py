@@ -188,7 +188,8 @@ def cmd_plan(args) -> int:
     _print_warnings(project.recipe)
     if args.json:
         print(json.dumps({"recipe": project.recipe.name,
-                          "warnings": list(project.recipe.warnings), "step_list": [
+                          "warnings": list(project.recipe.warnings),
+                          "deferred": project.graph.deferred, "step_list": [
             {"key": s.key, "kind": s.node.kind, "label": s.node.label,
              "targets": s.node.targets, "status": "cached" if s.cached else "run",
              "reasons": [r.to_dict() for r in s.reasons]} for s in states]}, indent=2))
