@@ -17,6 +17,12 @@ class UsageError(EdgebuildError):
     exit_code = 2
 
 
+def first_line(exc: BaseException) -> str:
+    """A toolchain exception's first line: what went wrong, without its dump."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 @dataclass(frozen=True)
 class Problem:
     """One located complaint about a recipe: `file:line:col: key.path: message`."""

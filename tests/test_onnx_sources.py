@@ -68,6 +68,11 @@ targets:
 """
 
 
+def with_targets(*targets: str, recipe: str = RECIPE) -> str:
+    """`recipe` with its targets replaced by `targets`, one YAML line each."""
+    return recipe.split("targets:")[0] + "targets:\n" + "".join(f"  {t}\n" for t in targets)
+
+
 @pytest.fixture
 def onnx_project(tmp_path) -> Project:
     make_tiny_onnx(tmp_path / "tiny.onnx", legacy=True)
@@ -178,9 +183,8 @@ def test_deferred_engines_show_in_plan_and_fail_with_require_engines(onnx_projec
 
     if host().deferral is None:
         pytest.skip("this host can build TensorRT engines, so nothing is deferred")
-    text = RECIPE.split("targets:")[0] + "targets:\n  jetson: {device: jetson-orin}\n" \
-        "  x86: {device: x86-cpu, quantize: false}\n"
-    onnx_project.recipe.write_text(text)
+    onnx_project.recipe.write_text(with_targets("jetson: {device: jetson-orin}",
+                                                "x86: {device: x86-cpu, quantize: false}"))
     assert main(["plan", str(onnx_project.recipe), *onnx_project.args()]) == 0
     assert f"jetson: deferred: {host().deferral}" in capsys.readouterr().out
 
@@ -199,8 +203,7 @@ def test_a_new_tensorrt_version_or_gpu_reruns_only_compile_and_after(onnx_projec
 
     from edgebuild.toolchains import nvidia
 
-    text = RECIPE.split("targets:")[0] + "targets:\n  jetson: {device: jetson-orin}\n"
-    onnx_project.recipe.write_text(text)
+    onnx_project.recipe.write_text(with_targets("jetson: {device: jetson-orin}"))
     hosts = [nvidia.NvidiaHost(tensorrt=None), nvidia.NvidiaHost(tensorrt="10.13.3.9"),
              nvidia.NvidiaHost(gpu="NVIDIA Jetson AGX Orin", compute_capability="8.7")]
     runs = []
@@ -219,8 +222,8 @@ def test_a_new_tensorrt_version_or_gpu_reruns_only_compile_and_after(onnx_projec
 def test_dynamic_dimensions_come_from_the_recipe(tmp_path):
     make_tiny_onnx(tmp_path / "tiny.onnx", dynamic_hw=True)
     write_images(tmp_path / "val", 2, seed=3)
-    recipe = RECIPE.split("targets:")[0].replace("  calibration: {path: calib}\n", "") + \
-        "targets:\n  x86: {device: x86-cpu, quantize: false}\n"
+    recipe = with_targets("x86: {device: x86-cpu, quantize: false}",
+                          recipe=RECIPE.replace("  calibration: {path: calib}\n", ""))
     (tmp_path / "tiny.yaml").write_text(recipe)
     project = Project(tmp_path)
     code, result = project.run("all")

@@ -13,19 +13,12 @@ import tarfile
 
 import numpy as np
 import pytest
-from conftest import Project, executed, write_images
+from conftest import TINY_RECIPE, Project, executed, write_images
 
 from edgebuild.cli import main
 
-OPT_RECIPE = """\
-name: opt
-source: {path: model/tiny.keras}
-task: classification
-labels: labels.txt
-data:
-  preprocess: {resize: [16, 16], scale: 0.00392156862745098}
-  calibration: {path: data/calib, count: 8}
-  validation: {path: data/val}
+# The tiny project's recipe, with training data.
+OPT_RECIPE = TINY_RECIPE.split("targets:")[0].replace("name: tiny", "name: opt") + """\
   train: {path: data/train.npz, loss: sparse_categorical_crossentropy, epochs: 1,
           batch_size: 8}
 targets:

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 from conftest import Project, write_images
-from test_onnx_sources import RECIPE, make_tiny_onnx
+from test_onnx_sources import make_tiny_onnx, with_targets
 
 from edgebuild.toolchains.nvidia import host
 
@@ -35,9 +35,9 @@ def test_jetson_target_builds_and_validates_an_engine(tmp_path):
     make_tiny_onnx(tmp_path / "tiny.onnx", legacy=True)
     write_images(tmp_path / "val", 4, seed=3)
     write_images(tmp_path / "calib", 6, seed=4)
-    (tmp_path / "tiny.yaml").write_text(RECIPE.split("targets:")[0] + (
-        "targets:\n  jetson: {device: jetson-orin}\n"
-        "  jetson-int8: {device: jetson-orin, quantize: {mode: int8}}\n"))
+    (tmp_path / "tiny.yaml").write_text(with_targets(
+        "jetson: {device: jetson-orin}",
+        "jetson-int8: {device: jetson-orin, quantize: {mode: int8}}"))
     project = Project(tmp_path)
     result = project.build()
     assert {t["status"] for t in result["targets"].values()} == {"ok"}

@@ -20,8 +20,7 @@ def tensorrt(ctx: StepContext) -> dict:
     host = NvidiaHost(**ctx.device["host"])  # what the key says: planning probed it
     params, seed = ctx.params, ctx.inputs.get("timing_cache")
     if host.deferral:
-        command = trtexec_command(params["hardware_compatibility"], params.get("workspace_mb"),
-                                  shapes=params.get("shapes", ""))
+        command = trtexec_command(params["hardware_compatibility"], params.get("workspace_mb"))
         folder = _defer(ctx, "build_engine.sh", command, host.deferral)
         if seed is not None:  # trtexec reads it, and updates it for the next build
             shutil.copyfile(seed, folder / TIMING_CACHE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from edgebuild.errors import StepError
+from edgebuild.errors import StepError, first_line
 from edgebuild.worker import StepContext
 
 
@@ -78,14 +78,14 @@ def _convert(converter) -> bytes:
     try:
         return converter.convert()
     except Exception as exc:  # the converter raises ConverterError and plain exceptions
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StepError(f"TFLite conversion failed: {first}") from None
+        raise StepError(f"TFLite conversion failed: {first_line(exc)}") from None
 
 
 def _check(path: Path) -> dict:
     import onnx
 
+    from edgebuild.toolchains.onnx_tools import opset_of
+
     model = onnx.load(str(path))
     onnx.checker.check_model(model)
-    return {"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-            "bytes": path.stat().st_size}
+    return {"opset": opset_of(model), "bytes": path.stat().st_size}

@@ -10,15 +10,11 @@ target's float artifact.
 
 from __future__ import annotations
 
-import os
-
-from edgebuild.errors import StepError
+from edgebuild.errors import StepError, first_line
 from edgebuild.worker import StepContext
 
 
 def onnx(ctx: StepContext) -> dict:
-    import onnx as onnx_lib
-
     from edgebuild.toolchains import onnx_tools as tools
 
     ctx.progress("preparing the ONNX model")
@@ -37,11 +33,8 @@ def onnx(ctx: StepContext) -> dict:
     model = tools.infer_shapes(model)
     tools.name_nodes(model)
 
-    staged = ctx.outdir / "staged.onnx"
-    onnx_lib.save(model, str(staged))
     out = ctx.output("model", "model.onnx")
-    _pre_process(staged, out)
-    os.unlink(staged)
+    _pre_process(model, out)
 
     prepared = tools.load_checked(out)
     facts.update({"opset": tools.opset_of(prepared), "nodes": len(prepared.graph.node),
@@ -51,7 +44,7 @@ def onnx(ctx: StepContext) -> dict:
     return {"facts": facts, "bytes": out.stat().st_size}
 
 
-def _pre_process(model_path, out) -> None:
+def _pre_process(model, out) -> None:
     """ONNX Runtime's recommended step before quantization. It also leaves a model
     that no longer carries unused initializers (e.g. BatchNorm's num_batches_tracked)."""
     import onnxruntime
@@ -59,7 +52,7 @@ def _pre_process(model_path, out) -> None:
 
     onnxruntime.set_default_logger_severity(3)  # its per-initializer warnings are noise here
     try:
-        quant_pre_process(str(model_path), str(out))
+        quant_pre_process(model, str(out))
     except Exception as exc:
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StepError(f"ONNX Runtime's quantization pre-processing failed: {text}") from None
+        raise StepError("ONNX Runtime's quantization pre-processing failed: "
+                        f"{first_line(exc)}") from None

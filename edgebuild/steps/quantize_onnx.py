@@ -109,8 +109,6 @@ def _static(ctx: StepContext, model, out, params: dict, nodes: list[str],
         op_types_to_quantize=op_types,
         calibrate_method=getattr(CalibrationMethod, method),
         extra_options=extra or None, calibration_cache_path=ranges)
-    if ranges:
-        ranges.unlink()
     return len(samples)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-from edgebuild.errors import StepError
+from edgebuild.errors import StepError, first_line
 
 # QuantizeLinear/DequantizeLinear take a per-channel `axis` from opset 13 on; older
 # models are upgraded so that per-channel quantization (and TensorRT) can read them.
@@ -21,7 +21,7 @@ def load_checked(path: Path):
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as exc:  # onnx raises DecodeError, ValidationError and others
-        raise StepError(f"{path}: not a valid ONNX model: {_first_line(exc)}") from None
+        raise StepError(f"{path}: not a valid ONNX model: {first_line(exc)}") from None
     return model
 
 
@@ -54,7 +54,7 @@ def upgrade_opset(model, minimum: int = MIN_OPSET):
         onnx.checker.check_model(upgraded)
     except Exception as exc:
         raise StepError(f"cannot upgrade the model from opset {before} to {minimum}, which "
-                        f"quantization and TensorRT need: {_first_line(exc)}; re-export it "
+                        f"quantization and TensorRT need: {first_line(exc)}; re-export it "
                         f"with opset {minimum} or later") from None
     return upgraded
 
@@ -111,7 +111,7 @@ def infer_shapes(model):
     try:
         return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
     except Exception as exc:
-        raise StepError(f"ONNX shape inference failed: {_first_line(exc)}") from None
+        raise StepError(f"ONNX shape inference failed: {first_line(exc)}") from None
 
 
 def op_types(model) -> set[str]:
@@ -151,8 +151,3 @@ def name_nodes(model) -> int:
 def _shape_text(dims) -> str:
     return "[" + ", ".join(str(d.dim_value) if d.HasField("dim_value") else (d.dim_param or "?")
                            for d in dims) + "]"
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

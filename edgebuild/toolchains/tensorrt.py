@@ -67,21 +67,17 @@ def build_engine(onnx_path: Path, hardware_compatibility: str = "none",
     return bytes(serialized), bytes(config.get_timing_cache().serialize())
 
 
-def trtexec_command(hardware_compatibility: str = "none", workspace_mb: int | None = None,
-                    timing_cache: bool = True, shapes: str = "") -> str:
+def trtexec_command(hardware_compatibility: str = "none", workspace_mb: int | None = None) -> str:
     """The same build as `build_engine`, as trtexec runs it on the device.
-    --stronglyTyped is required on TensorRT 10 and accepted (always on) by 11."""
+    --stronglyTyped is required on TensorRT 10 and accepted (always on) by 11; trtexec
+    builds a dynamic batch dimension for batch 1 by itself, as `build_engine` does."""
     command = "trtexec --onnx=model.onnx --saveEngine=model.engine --stronglyTyped"
-    if shapes:
-        command += f" --shapes={shapes}"
     if hardware_compatibility != "none":
         level = {"ampere+": "ampere+", "same-compute-capability": "sameComputeCapability"}
         command += f" --hardwareCompatibilityLevel={level[hardware_compatibility]}"
     if workspace_mb:
         command += f" --memPoolSize=workspace:{workspace_mb}M"
-    if timing_cache:
-        command += " --timingCacheFile=timing.cache"
-    return command
+    return command + " --timingCacheFile=timing.cache"  # read if present, then updated
 
 
 def _batch_one_profile(builder, network, config) -> None:
