@@ -27,15 +27,37 @@ from edgebuild.recipe.model import METRIC_LABELS, PRIMARY_METRIC
 class Settings:
     cache_dir: Path = Path("cache")
     dist_dir: Path = Path("dist")
-    jobs: int = 1
+    jobs: int | None = None  # steps at once; default 1, or the cluster's threads
     require_engines: bool = False  # a deferred TensorRT engine fails its target
+    remote_cache: str | None = None  # an fsspec URL shared by runners and workers
+    remote_readonly: bool = False
+    remote_options: dict = field(default_factory=dict)  # fsspec storage options
+    scheduler: str | None = None  # a Dask scheduler address: steps run on its workers
+    shard: tuple[int, int] | None = None  # (i, n): build the i-th of n target shards
 
     @classmethod
     def from_env(cls, cache_dir: str | None = None, dist_dir: str | None = None,
-                 jobs: int = 1, require_engines: bool = False) -> Settings:
+                 jobs: int | None = None, require_engines: bool = False,
+                 remote_cache: str | None = None, remote_readonly: bool = False,
+                 scheduler: str | None = None, shard: tuple[int, int] | None = None
+                 ) -> Settings:
+        """Flags, then the environment, then edgebuild.toml (see config.py)."""
+        from edgebuild.config import resolve
+
+        config = resolve(remote_cache, remote_readonly, scheduler)
         return cls(cache_dir=Path(cache_dir or os.environ.get("EDGEBUILD_CACHE") or "cache"),
                    dist_dir=Path(dist_dir or "dist"), jobs=jobs,
-                   require_engines=require_engines)
+                   require_engines=require_engines, remote_cache=config.remote_cache,
+                   remote_readonly=config.remote_readonly, scheduler=config.scheduler,
+                   shard=shard)
+
+    def open_cache(self) -> Cache:
+        remote = None
+        if self.remote_cache:
+            from edgebuild.remote import RemoteStore
+
+            remote = RemoteStore(self.remote_cache, self.remote_readonly, self.remote_options)
+        return Cache(self.cache_dir, remote)
 
 
 @dataclass
@@ -48,6 +70,7 @@ class Project:
     resolver: Resolver
     lock: dict
     selected: list[str] | None = None  # the targets asked for; None: all
+    runner: object = None  # a DaskRunner when steps run on a cluster
 
     def bundle_dir(self, settings: Settings, target: str) -> Path:
         return settings.dist_dir / self.recipe.name / target
@@ -80,6 +103,7 @@ class BuildReport:
     steps: list[StepReport]
     targets: dict[str, dict]
     seconds: float = 0.0
+    remote: dict | None = None  # the remote cache's URL (no credentials) and traffic
 
     @property
     def failed(self) -> bool:
@@ -94,23 +118,30 @@ class BuildReport:
         return counts
 
     def to_dict(self) -> dict:
-        return {"recipe": self.recipe, "steps": self.counts(),
+        data = {"recipe": self.recipe, "steps": self.counts(),
                 "step_list": [s.to_dict() for s in self.steps], "targets": self.targets,
                 "seconds": round(self.seconds, 3)}
+        if self.remote is not None:
+            data["remote_cache"] = self.remote
+        return data
 
 
 def open_project(recipe_path: str | Path, settings: Settings,
-                 targets: list[str] | None = None) -> Project:
-    cache = Cache(settings.cache_dir)
+                 targets: list[str] | None = None, runner=None) -> Project:
+    """`runner`: a DaskRunner (distributed.py) when steps run on a cluster; the
+    cluster's GPU then decides what TensorRT compiles are keyed by, or deferred for."""
+    cache = settings.open_cache()
     recipe = load_recipe(recipe_path, memo=RecipeMemo(cache))
     if targets:
         unknown = [t for t in targets if t not in recipe.targets]
         if unknown:
             raise UsageError(f"{recipe_path}: no target named {', '.join(map(repr, unknown))} "
                              f"(targets: {', '.join(recipe.targets)})")
+    if settings.shard:
+        targets = shard_targets(list(targets or recipe.targets), *settings.shard)
     cache.ensure()
     lock = read_lock(recipe.lock_path)
-    project = Project(recipe, Graph(), cache, None, lock, targets)
+    project = Project(recipe, Graph(), cache, None, lock, targets, runner)
     _compile(project, {})
     # Fallback ladders resume where the cache says their rungs already failed.
     while moves := _next_rungs(project):
@@ -118,10 +149,17 @@ def open_project(recipe_path: str | Path, settings: Settings,
     return project
 
 
+def shard_targets(targets: list[str], index: int, count: int) -> list[str]:
+    """The targets shard `index` (1-based) of `count` builds: every count-th target in
+    recipe order, so each runner's share is the same on every run."""
+    return targets[index - 1::count]
+
+
 def _compile(project: Project, moves: dict[str, int]) -> None:
     """(Re)build the step graph, with ladders at their current rungs plus `moves`."""
-    graph = compile_recipe(project.recipe, {**project.graph.rungs, **moves})
-    if project.selected:
+    gpu_host = project.runner.gpu_host if project.runner is not None else None
+    graph = compile_recipe(project.recipe, {**project.graph.rungs, **moves}, gpu_host)
+    if project.selected is not None:
         graph = graph.subgraph(project.selected)
     stat = project.resolver.stat if project.resolver else project.cache.stat_cache()
     project.graph = graph
@@ -150,7 +188,8 @@ def build(project: Project, settings: Settings, console: Console) -> BuildReport
     from edgebuild.executor import Executor, Outcome
 
     started = time.monotonic()
-    executor = Executor(project.cache, project.resolver, console)
+    executor = Executor(project.cache, project.resolver, console, project.runner)
+    jobs = settings.jobs or (project.runner.threads if project.runner is not None else 1)
     failures: dict[str, str] = {}
     while True:
         states = plan(project)
@@ -161,8 +200,7 @@ def build(project: Project, settings: Settings, console: Console) -> BuildReport
             from edgebuild import engine  # doit is imported only when there is work
 
             console.say(f"{project.recipe.name}: {len(to_run)} of {len(states)} steps to run")
-            failures.update(engine.run(to_run, executor.is_built, executor.build,
-                                       settings.jobs))
+            failures.update(engine.run(to_run, executor.is_built, executor.build, jobs))
         moves = _next_rungs(project)
         if not moves:
             break
@@ -179,7 +217,19 @@ def build(project: Project, settings: Settings, console: Console) -> BuildReport
         executor.resolver = project.resolver
     steps = [_step_report(s, executor, failures, project) for s in states]
     targets = _finish_targets(project, settings, steps)
-    return BuildReport(project.recipe.name, steps, targets, time.monotonic() - started)
+    return BuildReport(project.recipe.name, steps, targets, time.monotonic() - started,
+                       _remote_summary(project.cache))
+
+
+def _remote_summary(cache: Cache) -> dict | None:
+    remote = cache.remote
+    if remote is None:
+        return None
+    summary = {"url": remote.display_url, "readonly": remote.readonly,
+               **remote.traffic.to_dict()}
+    if remote.failure:
+        summary["failure"] = remote.failure
+    return summary
 
 
 def _step_report(state: StepState, executor, failures: dict[str, str], project) -> StepReport:

@@ -10,6 +10,11 @@ Writes go blob first, then entry, each through a temporary file and a rename, so
 entry is never visible before everything it names is complete. Entries are written
 once: two builds producing the same key write the same content, so racing writers
 need no lock.
+
+With a remote cache (remote.py) behind it, a local miss asks the remote for the
+entry, and blobs are downloaded only when their bytes are read here; an entry that
+came from the remote says so (`origin`), and is trusted without its blobs only while
+that remote is in use. Executed steps are uploaded as they are committed.
 """
 
 from __future__ import annotations
@@ -21,16 +26,21 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgebuild.errors import BuildError
 from edgebuild.fsutil import atomic_write, canonical_json
-from edgebuild.hashing import StatCache, sha256_bytes
+from edgebuild.hashing import StatCache, sha256_bytes, walk_files
+
+if TYPE_CHECKING:
+    from edgebuild.remote import RemoteStore
 
 ENTRY_VERSION = 1
 
 
 class CorruptBlob(BuildError):
-    pass
+    """A blob whose bytes do not match its digest, or that no cache has any more. The
+    entries naming it are evicted, so the steps that made it run again."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +68,14 @@ class Entry:
 
 
 class Cache:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, remote: RemoteStore | None = None):
         self.root = Path(root).resolve()
         self.blobs = self.root / "blobs"
         self.entries = self.root / "entries"
         self.tmp = self.root / "tmp"
         self.state = self.root / "state"
+        self.remote = remote
+        self._remote_misses: set[str] = set()  # keys the remote lacked, this run
 
     def ensure(self) -> None:
         for folder in (self.blobs, self.entries, self.tmp, self.state, self.root / "roots"):
@@ -77,35 +89,94 @@ class Cache:
     def _entry_path(self, key: str) -> Path:
         return self.entries / key[:2] / f"{key}.json"
 
-    def entry(self, key: str) -> Entry | None:
-        """The entry for `key` if it and every blob it names are present."""
+    def entry(self, key: str, fresh: bool = False) -> Entry | None:
+        """The entry for `key` if it and every blob it names are at hand (here, or in
+        the remote it came from). `fresh`: ask the remote again even if it lacked the
+        key earlier in this run (a Dask worker has just committed it)."""
         try:
             raw = json.loads(self._entry_path(key).read_bytes())
-            outputs = {name: Output(**out) for name, out in raw["outputs"].items()}
-            entry = Entry(key=raw["key"], kind=raw["kind"], doc=raw["doc"], outputs=outputs,
-                          meta=raw.get("meta", {}))
+            entry = _parse_entry(raw)
         except FileNotFoundError:
-            return None
+            return self._remote_entry(key, fresh)
         except (OSError, ValueError, KeyError, TypeError):
             self.evict(key)  # torn or foreign file: never reuse it
             return None
-        if entry.key != key or not all(self.has_blob(o.digest) for o in outputs.values()):
+        from_remote = raw.get("origin") == "remote" and self.remote is not None \
+            and self.remote.usable
+        if entry.key != key or not (from_remote or all(
+                self.has_blob(o.digest) for o in entry.outputs.values())):
             return None
+        return entry
+
+    def _remote_entry(self, key: str, fresh: bool) -> Entry | None:
+        """Read through: the remote's entry, kept here; its blobs stay there until read."""
+        if self.remote is None or (key in self._remote_misses and not fresh):
+            return None
+        data = self.remote.get_entry(key)
+        try:
+            raw = json.loads(data) if data is not None else None
+            entry = _parse_entry(raw) if raw is not None else None
+        except (ValueError, KeyError, TypeError):
+            entry = None  # not an entry this version can read: build it here
+        if entry is None or entry.key != key or not all(
+                self.has_blob(o.digest) or
+                self.remote.has_blob(o.digest, None if o.tree else o.size)
+                for o in entry.outputs.values()):
+            self._remote_misses.add(key)
+            return None
+        self.ensure()
+        atomic_write(self._entry_path(key), json.dumps({**raw, "origin": "remote"}).encode(),
+                     tmp_dir=self.tmp)
         return entry
 
     def commit(self, key: str, kind: str, doc: dict, outputs: dict[str, Output],
                meta: dict) -> Entry:
         record = {"entry_version": ENTRY_VERSION, "key": key, "kind": kind, "doc": doc,
                   "outputs": {n: o.to_dict() for n, o in outputs.items()}, "meta": meta}
-        atomic_write(self._entry_path(key), json.dumps(record, sort_keys=True, indent=1).encode(),
-                     tmp_dir=self.tmp)
+        data = json.dumps(record, sort_keys=True, indent=1).encode()
+        atomic_write(self._entry_path(key), data, tmp_dir=self.tmp)
+        if self.remote is not None and self.upload(outputs.values()):
+            self.remote.put_entry(key, data)  # only once every blob it names is there
         return Entry(key=key, kind=kind, doc=doc, outputs=outputs, meta=meta)
+
+    def upload(self, outputs) -> bool:
+        """Write through: put these outputs' blobs (a tree's files before its listing)
+        in the remote. False if any upload failed."""
+        for output in outputs:
+            if output.tree:
+                for digest, size, _ in self.tree_listing(output).values():
+                    if not self.remote.put_blob(self._local_blob(digest), digest, size):
+                        return False
+            blob = self._local_blob(output.digest)
+            if not self.remote.put_blob(blob, output.digest, blob.stat().st_size):
+                return False
+        return True
 
     def evict(self, key: str) -> None:
         self._entry_path(key).unlink(missing_ok=True)
 
     def entry_keys(self) -> list[str]:
         return [p.stem for p in self.entries.glob("*/*.json")]
+
+    def _evict_referencing(self, digest: str) -> None:
+        """Evict every entry that names `digest`, directly or in a tree it names."""
+        for key in self.entry_keys():
+            try:
+                raw = json.loads(self._entry_path(key).read_bytes())
+                outputs = [Output(**o) for o in raw["outputs"].values()]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            for out in outputs:
+                members = ()
+                if out.tree and out.digest != digest and self.has_blob(out.digest):
+                    try:
+                        members = [m[0] for m in json.loads(
+                            self.blob_path(out.digest).read_bytes())["tree"].values()]
+                    except (OSError, ValueError, KeyError):
+                        members = ()
+                if out.digest == digest or digest in members:
+                    self.evict(key)
+                    break
 
     # -- blobs -----------------------------------------------------------------------
 
@@ -145,12 +216,13 @@ class Cache:
         return Output(digest=digest, size=len(data), name=name)
 
     def put_tree(self, folder: Path) -> Output:
-        """Store a folder as its files plus a listing blob (like a git tree)."""
+        """Store a folder as its files plus a listing blob (like a git tree). Hidden
+        files are left out, as they are from input digests."""
         listing = {}
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        for rel, path in walk_files(folder):
             out = self.put_file(path)
             executable = bool(path.stat().st_mode & 0o100)  # scripts in bundles stay runnable
-            listing[path.relative_to(folder).as_posix()] = [out.digest, out.size, executable]
+            listing[rel] = [out.digest, out.size, executable]
         tree = self.put_bytes(canonical_json({"tree": listing}), folder.name)
         return Output(digest=tree.digest, size=sum(e[1] for e in listing.values()),
                       name=folder.name, tree=True)
@@ -164,11 +236,35 @@ class Cache:
         os.replace(tmp, final)
 
     def read_blob(self, digest: str) -> bytes:
-        data = self.blob_path(digest).read_bytes()
+        data = self._local_blob(digest).read_bytes()
         if sha256_bytes(data) != digest:
             self._quarantine(digest)
             raise CorruptBlob(f"cache blob {digest[:12]} is corrupt and was removed; run again")
         return data
+
+    def _local_blob(self, digest: str) -> Path:
+        """The blob's path here, downloading it first if only the remote has it."""
+        path = self.blob_path(digest)
+        if path.is_file() or self.remote is None or not self.remote.usable:
+            return path
+        self.ensure()
+        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="fetch-")
+        os.close(fd)
+        try:
+            if not self.remote.fetch_blob(digest, Path(tmp)):
+                self._evict_referencing(digest)
+                raise CorruptBlob(f"blob {digest[:12]} is in no cache any more (remote: "
+                                  f"{self.remote.failure or 'missing'}); run again to rebuild it")
+            with open(tmp, "rb") as handle:
+                if hashlib.file_digest(handle, "sha256").hexdigest() != digest:
+                    self.remote.delete_blob(digest)
+                    self._evict_referencing(digest)
+                    raise CorruptBlob(f"remote cache blob {digest[:12]} is corrupt and was "
+                                      "removed; run again to rebuild it")
+            self._install(Path(tmp), digest)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return path
 
     def tree_listing(self, output: Output) -> dict[str, tuple[str, int, bool]]:
         """relative path -> (digest, size, executable) for a tree output."""
@@ -192,7 +288,7 @@ class Cache:
 
     def _copy_verified(self, digest: str, dest: Path) -> None:
         hasher = hashlib.sha256()
-        with open(self.blob_path(digest), "rb") as src, open(dest, "wb") as dst:
+        with open(self._local_blob(digest), "rb") as src, open(dest, "wb") as dst:
             while chunk := src.read(1 << 20):
                 hasher.update(chunk)
                 dst.write(chunk)
@@ -203,6 +299,7 @@ class Cache:
 
     def _quarantine(self, digest: str) -> None:
         self.blob_path(digest).unlink(missing_ok=True)
+        self._evict_referencing(digest)
 
     # -- housekeeping ----------------------------------------------------------------
 
@@ -223,6 +320,12 @@ class Cache:
     def clear(self) -> None:
         if self.root.is_dir():
             shutil.rmtree(self.root)
+
+
+def _parse_entry(raw: dict) -> Entry:
+    outputs = {name: Output(**out) for name, out in raw["outputs"].items()}
+    return Entry(key=raw["key"], kind=raw["kind"], doc=raw["doc"], outputs=outputs,
+                 meta=raw.get("meta", {}))
 
 
 class RecipeMemo:

@@ -8,20 +8,27 @@ data; nothing here imports a toolchain.
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from edgebuild.graph import Graph, Node
 from edgebuild.recipe.model import KERAS_SLOTS, Recipe, Target
 
+if TYPE_CHECKING:
+    from edgebuild.toolchains.nvidia import NvidiaHost
 
-def compile_recipe(recipe: Recipe, rungs: dict[str, int] | None = None) -> Graph:
-    """`rungs`: how far down its fallback ladder each target has gone (default: the top)."""
+
+def compile_recipe(recipe: Recipe, rungs: dict[str, int] | None = None,
+                   gpu_host: NvidiaHost | None = None) -> Graph:
+    """`rungs`: how far down its fallback ladder each target has gone (default: the top).
+    `gpu_host`: where TensorRT engines would be built (default: this machine)."""
     graph = Graph()
     for target in recipe.targets.values():
-        _add_target(graph, recipe, target, (rungs or {}).get(target.name, 0))
+        _add_target(graph, recipe, target, (rungs or {}).get(target.name, 0), gpu_host)
     return graph
 
 
-def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int) -> None:
+def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int,
+                gpu_host: NvidiaHost | None) -> None:
     name = target.name
     device = {**target.device.profile(), "format": target.format, "runtime": target.runtime}
 
@@ -49,7 +56,7 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int) -> None
     deps = {"model": artifact}
     compile_ = target.steps.get("compile")
     if compile_ is not None and compile_.compiler == "tensorrt":
-        deps.update(_add_tensorrt(graph, recipe, target, artifact, device))
+        deps.update(_add_tensorrt(graph, recipe, target, artifact, device, gpu_host))
     elif compile_ is not None:
         node = Node(f"compile.{compile_.compiler}", compile_.to_dict(),
                     deps={"model": artifact}, device=device)
@@ -68,12 +75,12 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int) -> None
 
 
 def _add_tensorrt(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[str, str],
-                  device: dict) -> dict[str, tuple[str, str]]:
+                  device: dict, gpu_host: NvidiaHost | None) -> dict[str, tuple[str, str]]:
     """The engine build, or its deferred script, and the engine's own validation where
-    it can be built here. Returns the bundle's inputs from these steps."""
+    it can be built. Returns the bundle's inputs from these steps."""
     from edgebuild.toolchains import nvidia
 
-    host = nvidia.host()
+    host = gpu_host or nvidia.host()
     compile_ = target.steps["compile"]
     files = {}
     if compile_.timing_cache:

@@ -22,6 +22,9 @@ examples:
   edgebuild report recipes/detector.yaml       metrics, budgets and a Pareto plot per target
   edgebuild graph recipes/detector.yaml --format dot | dot -Tsvg > graph.svg
   edgebuild gc --dry-run
+  edgebuild all recipes/detector.yaml --remote-cache s3://bucket/edgebuild --shard 1/3
+  edgebuild all recipes/detector.yaml --remote-cache s3://bucket/edgebuild \
+      --scheduler tcp://scheduler:8786
 
 exit status: 0 success, 1 build or validation failure, 2 usage or recipe error
 """
@@ -35,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout instead of text")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    common.add_argument("--remote-cache", metavar="URL",
+                        help="shared cache behind the local one, any fsspec URL (s3://, gs://, "
+                             "file://); default: $EDGEBUILD_REMOTE_CACHE or edgebuild.toml")
+    common.add_argument("--remote-cache-readonly", action="store_true",
+                        help="read the remote cache, never write it (untrusted builds)")
 
     parser = argparse.ArgumentParser(
         prog="edgebuild", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -44,8 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     jobs = argparse.ArgumentParser(add_help=False)
-    jobs.add_argument("-j", "--jobs", type=int, default=1, metavar="N",
-                      help="run up to N independent steps at once (default: 1)")
+    jobs.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                      help="run up to N independent steps at once (default: 1, or the "
+                           "Dask cluster's threads)")
+    jobs.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                      help="run steps on this Dask cluster's workers (needs --remote-cache)")
 
     jobs.add_argument("--require-engines", action="store_true",
                       help="fail targets whose TensorRT engine cannot be built here, "
@@ -53,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("all", parents=[common, jobs], help="build every target of the recipes")
     p.add_argument("recipes", nargs="+", metavar="RECIPE")
+    p.add_argument("--shard", type=_shard, metavar="I/N",
+                   help="build only shard I of N (every N-th target, from the I-th): one "
+                        "CI runner each, then a final run assembles all bundles")
     p = sub.add_parser("build", parents=[common, jobs], help="build chosen targets")
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--target", action="append", required=True, metavar="NAME",
@@ -96,11 +110,24 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        shard = (0, 0)
+    if not 1 <= shard[0] <= shard[1]:
+        raise argparse.ArgumentTypeError(f"'{text}' is not I/N with 1 <= I <= N, e.g. 1/3")
+    return shard
+
+
 def _settings(args):
     from edgebuild.api import Settings
 
-    return Settings.from_env(args.cache_dir, args.dist, getattr(args, "jobs", 1),
-                             getattr(args, "require_engines", False))
+    return Settings.from_env(args.cache_dir, args.dist, getattr(args, "jobs", None),
+                             getattr(args, "require_engines", False), args.remote_cache,
+                             args.remote_cache_readonly, getattr(args, "scheduler", None),
+                             getattr(args, "shard", None))
 
 
 def _console(args):
@@ -115,10 +142,26 @@ def cmd_build(args) -> int:
     settings, console = _settings(args), _console(args)
     recipes = args.recipes if args.command == "all" else [args.recipe]
     targets = None if args.command == "all" else args.target
-    projects = [api.open_project(r, settings, targets) for r in recipes]  # validate all first
-    for project in projects:
-        _print_warnings(project.recipe)
-    reports = [api.build(p, settings, console) for p in projects]
+    runner = None
+    if settings.scheduler:
+        from edgebuild.distributed import connect
+
+        runner = connect(settings.scheduler, settings.remote_cache, settings.remote_readonly,
+                         settings.remote_options)
+    try:
+        # Validate every recipe before building any.
+        projects = [api.open_project(r, settings, targets, runner) for r in recipes]
+        for project in projects:
+            _print_warnings(project.recipe)
+            if not project.graph.target_chains:
+                print(f"{project.recipe.name}: shard {'/'.join(map(str, settings.shard))} has "
+                      f"no targets (the recipe has {len(project.recipe.targets)})",
+                      file=sys.stderr)
+        projects = [p for p in projects if p.graph.target_chains]
+        reports = [api.build(p, settings, console) for p in projects]
+    finally:
+        if runner is not None:
+            runner.close()
     # `all` ends with the comparison table and plot, as `edgebuild report` writes them.
     written = [api.report(p, settings, r) if args.command == "all" else None
                for p, r in zip(projects, reports, strict=True)]
@@ -149,6 +192,8 @@ def _print_summary(report) -> None:
     print(f"{report.recipe}: {counts['total']} steps: {counts['cached']} cached, "
           f"{counts['executed']} executed, {counts['failed']} failed{extra} "
           f"({report.seconds:.1f}s)")
+    if report.remote:
+        _print_remote(report.remote)
     failed = {name: t for name, t in report.targets.items() if t["status"] == "failed"}
     if failed:
         print(f"failed: {', '.join(failed)}")
@@ -162,6 +207,17 @@ def _print_summary(report) -> None:
     for name, target in report.targets.items():
         if target["status"] != "failed" and len(target.get("fallback", {}).get("tried", [])) > 1:
             print(f"  {name}: {target['fallback']['reason']}")
+
+
+def _print_remote(remote: dict) -> None:
+    mode = " (read-only)" if remote["readonly"] else ""
+    print(f"  remote cache {remote['url']}{mode}: {remote['entries_fetched']} entries and "
+          f"{remote['blobs_fetched']} blobs ({_size(remote['bytes_fetched'])}) fetched, "
+          f"{remote['entries_uploaded']} entries and {remote['blobs_uploaded']} blobs "
+          f"({_size(remote['bytes_uploaded'])}) uploaded")
+    if remote.get("failure"):
+        print(f"warning: remote cache {remote['url']}: {remote['failure']}; "
+              "went on without it", file=sys.stderr)
 
 
 def _indent(text: str) -> str:

@@ -2,7 +2,7 @@
 
 A step is durable the moment its entry is committed, so killing a build loses only
 the steps in flight. Work happens in a private folder under the cache's tmp/, which
-is removed whatever happens.
+is removed whatever happens. `run_step` is all a Dask worker needs (distributed.py).
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgebuild.cache import Cache, Entry
+from edgebuild.cache import Cache, Entry, Output
 from edgebuild.console import Console, parse_progress
 from edgebuild.errors import BuildError
 from edgebuild.fsutil import file_sizes
@@ -32,8 +33,11 @@ class Outcome:
 
 
 class Executor:
-    def __init__(self, cache: Cache, resolver: Resolver, console: Console):
+    """Runs the steps the engine hands it: here, or through `runner` (a Dask cluster)."""
+
+    def __init__(self, cache: Cache, resolver: Resolver, console: Console, runner=None):
         self.cache, self.resolver, self.console = cache, resolver, console
+        self.runner = runner
         self.outcomes: dict[str, Outcome] = {}  # node id -> what happened in this run
 
     def is_built(self, node: Node) -> bool:
@@ -78,40 +82,20 @@ class Executor:
         if resolved is None:
             raise BuildError("an input is missing from the cache")
         doc, key = resolved
-        work = self.cache.workdir(f"{node.kind}-{key[:12]}")
-        try:
-            job = {"runner": node.impl.runner, "params": node.params, "device": node.device,
-                   "inputs": self._inputs(node, work), "outdir": str(work / "out"),
-                   "digests": doc["inputs"], "chain": self._chain(node),
-                   "state": str(self.cache.state / "steps")}
-            started = time.monotonic()
-            result = self._spawn(job, work, node) if node.impl.heavy else _in_process(job)
-            if "error" in result:
-                raise BuildError(self._failure_message(result, work, key))
-            outputs, facts = {}, dict(result["meta"].pop("facts", {}))
-            for name, filename in result["outputs"].items():
-                path = work / "out" / filename
-                if path.is_dir():
-                    outputs[name] = self.cache.put_tree(path)
-                    continue
-                outputs[name] = self.cache.put_file(path)
-                if name == "model":  # the artifact each optimization step produces
-                    facts["size"] = file_sizes(path)
-            meta = {**result["meta"], "status": result["status"], "facts": facts,
-                    "seconds": round(time.monotonic() - started, 3)}
-            entry = self.cache.commit(key, node.kind, doc, outputs, meta)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        job = StepJob(
+            key=key, kind=node.kind, doc=doc, runner=node.impl.runner, heavy=node.impl.heavy,
+            params=node.params, device=node.device,
+            inputs={name: self.resolver.entry_of(up_id).outputs[output]
+                    for name, (up_id, output) in node.deps.items()},
+            files={name: str(path) for name, path in node.files.items()},
+            chain=self._chain(node))
+        if self.runner is not None:
+            entry = self.runner.run(self.cache, job, node)
+        else:
+            entry = run_step(self.cache, job, lambda line: self.console.step_progress(
+                node, *parse_progress(line)))
         self.resolver.record(node.id, entry)
         return entry
-
-    def _inputs(self, node: Node, work: Path) -> dict[str, str]:
-        paths = {name: str(path) for name, path in node.files.items()}
-        for name, (up_id, output_name) in node.deps.items():
-            output = self.resolver.entry_of(up_id).outputs[output_name]
-            dest = work / "in" / name / output.name
-            paths[name] = str(self.cache.materialize(output, dest))
-        return paths
 
     def _chain(self, node: Node) -> list[dict]:
         """What a bundle manifest records of the steps before it."""
@@ -125,42 +109,92 @@ class Executor:
                           "status": entry.status, "nondeterministic": impl.nondeterministic})
         return chain
 
-    def _spawn(self, job: dict, work: Path, node: Node) -> dict:
-        job_path = work / "job.json"
-        job_path.write_text(json.dumps(job))
-        # tf.keras must mean tf_keras (Keras 2), which tfmot and the converter expect.
-        # A fixed hash seed: converters iterate over sets (tf2onnx shares constants in
-        # set order), so output bytes would otherwise change from process to process.
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-               "TF_USE_LEGACY_KERAS": "1", "PYTHONHASHSEED": "0"}
-        with open(work / "step.log", "wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "edgebuild.worker", str(job_path)],
-                                    stdout=subprocess.PIPE, stderr=log, env=env, cwd=work)
-            for raw in proc.stdout:
-                line = raw.decode(errors="replace").rstrip()
-                if line.startswith("@progress "):
-                    self.console.step_progress(node, *parse_progress(line[len("@progress "):]))
-                else:
-                    log.write(raw)
-            proc.wait()
-        try:
-            return json.loads((work / "result.json").read_text())
-        except (OSError, ValueError):
-            return {"error": f"worker exited with status {proc.returncode}"}
 
-    def _failure_message(self, result: dict, work: Path, key: str) -> str:
-        message = result["error"]
-        log = work / "step.log"
-        if "traceback" in result or log.exists():
-            logs = self.cache.root / "logs"
-            logs.mkdir(exist_ok=True)
-            saved = logs / f"{key[:16]}.log"
-            text = log.read_text(errors="replace") if log.exists() else ""
-            saved.write_text(text + "\n" + result.get("traceback", ""))
-            last = result.get("traceback", "").strip().splitlines()[-1:] or [""]
-            message = f"{message}: {last[0]} (full log: {saved})" if last[0] else \
-                f"{message} (full log: {saved})"
-        return message
+@dataclass(frozen=True)
+class StepJob:
+    """One step execution, complete: it runs here or on a Dask worker (it pickles)."""
+
+    key: str
+    kind: str
+    doc: dict            # the key document, stored in the entry
+    runner: str          # "module:function"
+    heavy: bool          # run in a fresh process
+    params: dict
+    device: dict
+    inputs: dict[str, Output]  # by digest: upstream outputs (and, on a cluster, user files)
+    files: dict[str, str]      # user files and folders, read in place
+    chain: list[dict]          # earlier steps, for bundle manifests
+
+
+def run_step(cache: Cache, job: StepJob, progress: Callable[[str], None] | None = None) -> Entry:
+    """Materialize the inputs, run the step, commit its outputs (and, with a remote
+    cache, upload them). The work folder goes whatever happens."""
+    work = cache.workdir(f"{job.kind}-{job.key[:12]}")
+    try:
+        inputs = dict(job.files)
+        for name, output in job.inputs.items():
+            inputs[name] = str(cache.materialize(output, work / "in" / name / output.name))
+        spec = {"runner": job.runner, "params": job.params, "device": job.device,
+                "inputs": inputs, "outdir": str(work / "out"), "digests": job.doc["inputs"],
+                "chain": job.chain, "state": str(cache.state / "steps")}
+        started = time.monotonic()
+        result = _spawn(spec, work, progress) if job.heavy else _in_process(spec)
+        if "error" in result:
+            raise BuildError(_failure_message(cache, result, work, job.key))
+        outputs, facts = {}, dict(result["meta"].pop("facts", {}))
+        for name, filename in result["outputs"].items():
+            path = work / "out" / filename
+            if path.is_dir():
+                outputs[name] = cache.put_tree(path)
+                continue
+            outputs[name] = cache.put_file(path)
+            if name == "model":  # the artifact each optimization step produces
+                facts["size"] = file_sizes(path)
+        meta = {**result["meta"], "status": result["status"], "facts": facts,
+                "seconds": round(time.monotonic() - started, 3)}
+        return cache.commit(job.key, job.kind, job.doc, outputs, meta)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None) -> dict:
+    job_path = work / "job.json"
+    job_path.write_text(json.dumps(job))
+    # tf.keras must mean tf_keras (Keras 2), which tfmot and the converter expect.
+    # A fixed hash seed: converters iterate over sets (tf2onnx shares constants in
+    # set order), so output bytes would otherwise change from process to process.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+           "TF_USE_LEGACY_KERAS": "1", "PYTHONHASHSEED": "0"}
+    with open(work / "step.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "edgebuild.worker", str(job_path)],
+                                stdout=subprocess.PIPE, stderr=log, env=env, cwd=work)
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            if line.startswith("@progress "):
+                if progress is not None:
+                    progress(line[len("@progress "):])
+            else:
+                log.write(raw)
+        proc.wait()
+    try:
+        return json.loads((work / "result.json").read_text())
+    except (OSError, ValueError):
+        return {"error": f"worker exited with status {proc.returncode}"}
+
+
+def _failure_message(cache: Cache, result: dict, work: Path, key: str) -> str:
+    message = result["error"]
+    log = work / "step.log"
+    if "traceback" in result or log.exists():
+        logs = cache.root / "logs"
+        logs.mkdir(exist_ok=True)
+        saved = logs / f"{key[:16]}.log"
+        text = log.read_text(errors="replace") if log.exists() else ""
+        saved.write_text(text + "\n" + result.get("traceback", ""))
+        last = result.get("traceback", "").strip().splitlines()[-1:] or [""]
+        message = f"{message}: {last[0]} (full log: {saved})" if last[0] else \
+            f"{message} (full log: {saved})"
+    return message
 
 
 def _in_process(job: dict) -> dict:

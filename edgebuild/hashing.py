@@ -46,7 +46,7 @@ class StatCache:
     def _digest(self, path: Path) -> str:
         state_file = self._state_file(path)
         old = self._read(state_file)
-        files = _walk(path)
+        files = walk_files(path)
         known = old.get("files", {})
         entries = {}
         for rel, full in files:
@@ -83,7 +83,7 @@ class StatCache:
             return {}  # missing or torn state only costs a re-hash
 
 
-def _walk(path: Path) -> list[tuple[str, Path]]:
+def walk_files(path: Path) -> list[tuple[str, Path]]:
     """Files under `path` in sorted order; hidden files are not content."""
     if not path.is_dir():
         return [("", path)]

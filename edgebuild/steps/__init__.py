@@ -27,6 +27,9 @@ class Impl:
     # Why the same inputs may not give the same bytes, where a toolchain cannot
     # promise that; bundle manifests say so.
     nondeterministic: str = ""
+    # Runs on the GPU its key names (device.host): on a Dask cluster, on a worker
+    # that offers the GPU resource and has that GPU.
+    gpu: bool = False
 
     @property
     def kind(self) -> str:
@@ -46,7 +49,7 @@ IMPLS = {impl.name: impl for impl in (
     # a build holds GPU memory that only a process exit reliably gives back.
     Impl("compile.tensorrt", 2, "edgebuild.steps.compile:tensorrt", ("tensorrt",),
          nondeterministic="TensorRT times candidate kernels while building, so engines built "
-                          "from the same ONNX can differ"),
+                          "from the same ONNX can differ", gpu=True),
     Impl("compile.edgetpu", 1, "edgebuild.steps.compile:edgetpu", (), heavy=False),
     Impl("baseline.tf", 2, "edgebuild.steps.baseline:run_tf", (*TF, *METRICS)),
     Impl("baseline.onnx", 2, "edgebuild.steps.baseline:run_onnx", ("onnxruntime", *METRICS)),
@@ -58,6 +61,6 @@ IMPLS = {impl.name: impl for impl in (
          volatile=("report",)),
     # Engines against the source's outputs, on the GPU that built them.
     Impl("validate.tensorrt", 1, "edgebuild.steps.validate:run",
-         ("tensorrt", "cuda-python", *METRICS), volatile=("report",)),
+         ("tensorrt", "cuda-python", *METRICS), volatile=("report",), gpu=True),
     Impl("bundle", 4, "edgebuild.steps.bundle:run", (), heavy=False),
 )}

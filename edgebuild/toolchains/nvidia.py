@@ -35,9 +35,13 @@ class NvidiaHost:
         return None
 
 
+def tensorrt_version() -> str | None:
+    return next((v for v in map(version, TENSORRT_DISTRIBUTIONS) if v), None)
+
+
 @cache
 def host() -> NvidiaHost:
-    trt = next((v for v in map(version, TENSORRT_DISTRIBUTIONS) if v), None)
+    trt = tensorrt_version()
     if shutil.which("nvidia-smi") is None:
         return NvidiaHost(tensorrt=trt)
     try:
