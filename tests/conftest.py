@@ -138,3 +138,15 @@ def built_tiny(tiny_assets, tmp_path_factory) -> Project:
 def rebuilt(built_tiny, tmp_path) -> Project:
     """A private copy of the built project, cache and lock file included."""
     return built_tiny.copy(tmp_path / "copy")
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    """A real S3 server (SeaweedFS) for the session; tests take folders in its bucket."""
+    from seaweedfs import SeaweedS3
+
+    try:
+        with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
+            yield server
+    except (RuntimeError, OSError, ImportError) as exc:
+        pytest.skip(f"SeaweedFS (weed server -s3) could not start here: {exc}")

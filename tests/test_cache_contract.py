@@ -19,21 +19,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from seaweedfs import SECRET_KEY
 
 from edgebuild.cache import Cache, CorruptBlob
 from edgebuild.remote import RemoteStore
-
-sys.path.insert(0, str(Path(__file__).parent))
-from seaweedfs import SECRET_KEY, SeaweedS3  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory):
-    try:
-        with SeaweedS3(tmp_path_factory.mktemp("seaweedfs")) as server:
-            yield server
-    except (RuntimeError, OSError, ImportError) as exc:
-        pytest.skip(f"SeaweedFS (weed server -s3) could not start here: {exc}")
 
 
 class Backend:
