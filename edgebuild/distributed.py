@@ -85,13 +85,9 @@ class DaskRunner:
     def run(self, cache: Cache, job: StepJob, node: Node) -> Entry:
         sent = {name: self._send(cache, Path(path)) for name, path in job.files.items()}
         job = StepJob(**{**job.__dict__, "inputs": {**job.inputs, **sent}, "files": {}})
-        placement = {}
-        if node.impl.gpu and NvidiaHost(**node.device["host"]).deferral is None:
-            placement = {"resources": {GPU_RESOURCE: 1}, "workers": self.gpu_workers,
-                         "allow_other_workers": False}
         future = self.client.submit(execute, self.remote, job, pure=False,
                                     key=f"edgebuild-{job.kind}-{job.key[:16]}-{id(job):x}",
-                                    **placement)
+                                    **placement(node, self.gpu_workers))
         try:
             result = future.result()
         except EdgebuildError:
@@ -116,6 +112,15 @@ class DaskRunner:
         with self._lock:
             self._sent[str(path)] = output
         return output
+
+
+def placement(node: Node, gpu_workers: list[str]) -> dict:
+    """Where a step may run: GPU steps that are not deferred need GPU=1 on a worker
+    with the GPU their key names; everything else runs anywhere."""
+    if node.impl.gpu and NvidiaHost(**node.device["host"]).deferral is None:
+        return {"resources": {GPU_RESOURCE: 1}, "workers": gpu_workers,
+                "allow_other_workers": False}
+    return {}
 
 
 def connect(scheduler: str, remote_cache: str | None, readonly: bool,
