@@ -101,12 +101,15 @@ class Cache:
         except (OSError, ValueError, KeyError, TypeError):
             self.evict(key)  # torn or foreign file: never reuse it
             return None
-        from_remote = raw.get("origin") == "remote" and self.remote is not None \
-            and self.remote.usable
-        if entry.key != key or not (from_remote or all(
-                self.has_blob(o.digest) for o in entry.outputs.values())):
+        if entry.key != key:
             return None
-        return entry
+        if all(self.has_blob(o.digest) for o in entry.outputs.values()):
+            return entry
+        if self.remote is not None and self.remote.usable:
+            # Blobs that are not here are read from the remote when needed: trusted
+            # for an entry that came from it, looked up for one built here.
+            return entry if raw.get("origin") == "remote" else self._remote_entry(key, fresh)
+        return None
 
     def _remote_entry(self, key: str, fresh: bool) -> Entry | None:
         """Read through: the remote's entry, kept here; its blobs stay there until read."""

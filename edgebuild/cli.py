@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
 
 from edgebuild import __version__
 from edgebuild.errors import EdgebuildError
@@ -55,25 +56,29 @@ def _parser() -> argparse.ArgumentParser:
     jobs.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                       help="run up to N independent steps at once (default: 1, or the "
                            "Dask cluster's threads)")
-    jobs.add_argument("--scheduler", metavar="tcp://HOST:PORT",
-                      help="run steps on this Dask cluster's workers (needs --remote-cache)")
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                         help="run steps on this Dask cluster's workers (needs "
+                              "--remote-cache); default: $EDGEBUILD_SCHEDULER or edgebuild.toml")
 
     jobs.add_argument("--require-engines", action="store_true",
                       help="fail targets whose TensorRT engine cannot be built here, "
                            "instead of deferring the build to the device")
 
-    p = sub.add_parser("all", parents=[common, jobs], help="build every target of the recipes")
+    p = sub.add_parser("all", parents=[common, jobs, cluster],
+                       help="build every target of the recipes")
     p.add_argument("recipes", nargs="+", metavar="RECIPE")
     p.add_argument("--shard", type=_shard, metavar="I/N",
                    help="build only shard I of N (every N-th target, from the I-th): one "
                         "CI runner each, then a final run assembles all bundles")
-    p = sub.add_parser("build", parents=[common, jobs], help="build chosen targets")
+    p = sub.add_parser("build", parents=[common, jobs, cluster], help="build chosen targets")
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("--target", action="append", required=True, metavar="NAME",
                    help="target to build (repeatable)")
-    p = sub.add_parser("plan", parents=[common], help="show each step: cached or to run, and why")
+    p = sub.add_parser("plan", parents=[common, cluster],
+                       help="show each step: cached or to run, and why")
     p.add_argument("recipe", metavar="RECIPE")
-    p = sub.add_parser("explain", parents=[common],
+    p = sub.add_parser("explain", parents=[common, cluster],
                        help="diff a step's key against its last build")
     p.add_argument("recipe", metavar="RECIPE")
     p.add_argument("step", metavar="TARGET:KIND", help="e.g. rpi4:quantize")
@@ -130,6 +135,23 @@ def _settings(args):
                              getattr(args, "shard", None))
 
 
+@contextmanager
+def _cluster(settings):
+    """The Dask cluster steps run on, if one is configured. Plans connect to it too:
+    its GPU decides the keys of TensorRT steps."""
+    if not settings.scheduler:
+        yield None
+        return
+    from edgebuild.distributed import connect
+
+    runner = connect(settings.scheduler, settings.remote_cache, settings.remote_readonly,
+                     settings.remote_options)
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
 def _console(args):
     from edgebuild.console import Console
 
@@ -142,13 +164,7 @@ def cmd_build(args) -> int:
     settings, console = _settings(args), _console(args)
     recipes = args.recipes if args.command == "all" else [args.recipe]
     targets = None if args.command == "all" else args.target
-    runner = None
-    if settings.scheduler:
-        from edgebuild.distributed import connect
-
-        runner = connect(settings.scheduler, settings.remote_cache, settings.remote_readonly,
-                         settings.remote_options)
-    try:
+    with _cluster(settings) as runner:
         # Validate every recipe before building any.
         projects = [api.open_project(r, settings, targets, runner) for r in recipes]
         for project in projects:
@@ -159,9 +175,6 @@ def cmd_build(args) -> int:
                       file=sys.stderr)
         projects = [p for p in projects if p.graph.target_chains]
         reports = [api.build(p, settings, console) for p in projects]
-    finally:
-        if runner is not None:
-            runner.close()
     # `all` ends with the comparison table and plot, as `edgebuild report` writes them.
     written = [api.report(p, settings, r) if args.command == "all" else None
                for p, r in zip(projects, reports, strict=True)]
@@ -239,8 +252,10 @@ def cmd_plan(args) -> int:
     from edgebuild import api
     from edgebuild.plan import rejected
 
-    project = api.open_project(args.recipe, _settings(args))
-    states = api.plan(project)
+    settings = _settings(args)
+    with _cluster(settings) as runner:
+        project = api.open_project(args.recipe, settings, runner=runner)
+        states = api.plan(project)
     _print_warnings(project.recipe)
     if args.json:
         print(json.dumps({"recipe": project.recipe.name,
@@ -274,8 +289,10 @@ def cmd_plan(args) -> int:
 def cmd_explain(args) -> int:
     from edgebuild import api
 
-    project = api.open_project(args.recipe, _settings(args))
-    state, previous, reasons = api.explain(project, args.step)
+    settings = _settings(args)
+    with _cluster(settings) as runner:
+        project = api.open_project(args.recipe, settings, runner=runner)
+        state, previous, reasons = api.explain(project, args.step)
     if args.json:
         print(json.dumps({"step": args.step, "key": state.key,
                           "previous_key": previous and previous["key"],
