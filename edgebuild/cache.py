@@ -138,7 +138,8 @@ class Cache:
                   "outputs": {n: o.to_dict() for n, o in outputs.items()}, "meta": meta}
         data = json.dumps(record, sort_keys=True, indent=1).encode()
         atomic_write(self._entry_path(key), data, tmp_dir=self.tmp)
-        if self.remote is not None and self.upload(outputs.values()):
+        if self.remote is not None and not self.remote.readonly and \
+                self.upload(outputs.values()):
             self.remote.put_entry(key, data)  # only once every blob it names is there
         return Entry(key=key, kind=kind, doc=doc, outputs=outputs, meta=meta)
 

@@ -71,7 +71,10 @@ class DaskRunner:
         first (by address) worker offering GPU=1 that can build engines."""
         from edgebuild.toolchains.nvidia import tensorrt_version
 
-        workers = self.client.scheduler_info(n_workers=-1)["workers"]
+        try:
+            workers = self.client.scheduler_info(n_workers=-1)["workers"]  # all of them
+        except TypeError:  # an older distributed: no n_workers, and it lists them all
+            workers = self.client.scheduler_info()["workers"]
         offering = sorted(a for a, w in workers.items()
                           if w.get("resources", {}).get(GPU_RESOURCE, 0) >= 1)
         hosts = {a: NvidiaHost(**h) for a, h in
