@@ -15,6 +15,7 @@ defers those steps, exactly as a machine without a GPU does.
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from edgebuild.cache import Cache, Entry, Output
@@ -87,7 +88,7 @@ class DaskRunner:
 
     def run(self, cache: Cache, job: StepJob, node: Node) -> Entry:
         sent = {name: self._send(cache, Path(path)) for name, path in job.files.items()}
-        job = StepJob(**{**job.__dict__, "inputs": {**job.inputs, **sent}, "files": {}})
+        job = replace(job, inputs={**job.inputs, **sent}, files={})
         future = self.client.submit(execute, self.remote, job, pure=False,
                                     key=f"edgebuild-{job.kind}-{job.key[:16]}-{id(job):x}",
                                     **placement(node, self.gpu_workers))
