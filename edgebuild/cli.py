@@ -23,6 +23,7 @@ examples:
   edgebuild report recipes/detector.yaml       metrics, budgets and a Pareto plot per target
   edgebuild graph recipes/detector.yaml --format dot | dot -Tsvg > graph.svg
   edgebuild gc --dry-run
+  edgebuild verify dist/detector/rpi4 dist/detector/rpi4.tar.gz
   edgebuild all recipes/detector.yaml --remote-cache s3://bucket/edgebuild --shard 1/3
   edgebuild all recipes/detector.yaml --remote-cache s3://bucket/edgebuild \
       --scheduler tcp://scheduler:8786
@@ -97,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipes", nargs="*", metavar="RECIPE",
                    help="also keep what these recipes' lock files reference")
     p.add_argument("--dry-run", action="store_true", help="only say what would go")
+    p = sub.add_parser("verify", parents=[common],
+                       help="check bundles (folders or .tar.gz) against their manifests")
+    p.add_argument("bundles", nargs="+", metavar="BUNDLE")
     return parser
 
 
@@ -381,6 +385,21 @@ def cmd_gc(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from edgebuild.verify import verify
+
+    verdicts = [verify(path) for path in args.bundles]
+    if args.json:
+        print(json.dumps({"bundles": [v.to_dict() for v in verdicts]}, indent=2))
+    else:
+        for verdict in verdicts:
+            if verdict.ok:
+                print(f"{verdict.path}: ok, {verdict.files} files match the manifest")
+            for problem in verdict.problems:
+                print(f"{verdict.path}: {problem}")
+    return 0 if all(v.ok for v in verdicts) else 1
+
+
 COMMANDS = {"all": cmd_build, "build": cmd_build, "plan": cmd_plan, "explain": cmd_explain,
             "report": cmd_report, "graph": cmd_graph, "devices": cmd_devices, "clean": cmd_clean,
-            "gc": cmd_gc}
+            "gc": cmd_gc, "verify": cmd_verify}

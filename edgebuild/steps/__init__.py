@@ -62,5 +62,5 @@ IMPLS = {impl.name: impl for impl in (
     # Engines against the source's outputs, on the GPU that built them.
     Impl("validate.tensorrt", 1, "edgebuild.steps.validate:run",
          ("tensorrt", "cuda-python", *METRICS), volatile=("report",), gpu=True),
-    Impl("bundle", 4, "edgebuild.steps.bundle:run", (), heavy=False),
+    Impl("bundle", 5, "edgebuild.steps.bundle:run", (), heavy=False),
 )}

@@ -20,6 +20,17 @@ from edgebuild.fsutil import canonical_json, file_sizes, pretty_json
 from edgebuild.worker import StepContext
 
 MANIFEST_VERSION = 1
+UNSEALED = "0" * 64  # self_digest's value while the manifest's own digest is taken
+
+
+def seal(manifest: bytes) -> bytes:
+    """Write the manifest's digest into it: sha256 of its bytes with self_digest zeroed,
+    so `edgebuild verify` can tell any changed byte of the manifest, not only of the
+    files it lists."""
+    field = f'"self_digest": "{UNSEALED}"'.encode()
+    assert manifest.count(field) == 1
+    return manifest.replace(field, f'"self_digest": "{hashlib.sha256(manifest).hexdigest()}"'
+                            .encode())
 
 
 def run(ctx: StepContext) -> dict:
@@ -40,7 +51,7 @@ def run(ctx: StepContext) -> dict:
         if name in ctx.inputs:  # a TensorRT engine built here, for this host's GPU
             shutil.copyfile(ctx.inputs[name], folder / filename)
     manifest = _manifest(ctx, artifact_name, folder, deferred)
-    (folder / "manifest.json").write_bytes(pretty_json(manifest))
+    (folder / "manifest.json").write_bytes(seal(pretty_json(manifest)))
     _archive(folder, ctx.output("archive", "bundle.tar.gz"), ctx.params["target"])
     return {"files": sorted(manifest["files"])}
 
@@ -80,7 +91,7 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
         compiled = next(c for c in ctx.chain if c["kind"] == "compile")
         artifact["engine"] = {"file": "model.engine", **compiled.get("facts", {})}
     manifest = {
-        "manifest_version": MANIFEST_VERSION,
+        "manifest_version": MANIFEST_VERSION, "self_digest": UNSEALED,
         "recipe": {"name": params["recipe"], "task": params["task"],
                    "digest": hashlib.sha256(canonical_json(resolved)).hexdigest()},
         "target": params["target"], "device": ctx.device, "artifact": artifact,
