@@ -421,6 +421,9 @@ def report(project: Project, settings: Settings, built: BuildReport | None = Non
     except (OSError, ValueError):
         unchanged = False
     if not unchanged:
+        # matplotlib keeps its font cache and config under $HOME unless told otherwise;
+        # edgebuild writes only under the cache and dist.
+        os.environ.setdefault("MPLCONFIGDIR", str(project.cache.state / "matplotlib"))
         from edgebuild.report import render
 
         folder.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgebuild.errors import BuildError
-from edgebuild.fsutil import atomic_write, canonical_json
+from edgebuild.fsutil import atomic_write, canonical_json, scratch
 from edgebuild.hashing import StatCache, sha256_bytes, walk_files
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class Cache:
         """Store a file, hashing it as it is copied."""
         hasher = hashlib.sha256()
         fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
-        try:
+        with scratch(Path(tmp)):
             with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     hasher.update(chunk)
@@ -203,20 +203,16 @@ class Cache:
                 os.fsync(dst.fileno())
             digest = hasher.hexdigest()
             self._install(Path(tmp), digest)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return Output(digest=digest, size=path.stat().st_size, name=path.name)
 
     def put_bytes(self, data: bytes, name: str) -> Output:
         digest = sha256_bytes(data)
         if not self.has_blob(digest):
             fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
-            with os.fdopen(fd, "wb") as dst:
-                dst.write(data)
-            try:
+            with scratch(Path(tmp)):
+                with os.fdopen(fd, "wb") as dst:
+                    dst.write(data)
                 self._install(Path(tmp), digest)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
         return Output(digest=digest, size=len(data), name=name)
 
     def put_tree(self, folder: Path) -> Output:
@@ -254,7 +250,7 @@ class Cache:
         self.ensure()
         fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="fetch-")
         os.close(fd)
-        try:
+        with scratch(Path(tmp)):
             if not self.remote.fetch_blob(digest, Path(tmp)):
                 self._evict_referencing(digest)
                 raise CorruptBlob(f"blob {digest[:12]} is in no cache any more (remote: "
@@ -266,8 +262,6 @@ class Cache:
                     raise CorruptBlob(f"remote cache blob {digest[:12]} is corrupt and was "
                                       "removed; run again to rebuild it")
             self._install(Path(tmp), digest)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return path
 
     def tree_listing(self, output: Output) -> dict[str, tuple[str, int, bool]]:

@@ -114,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgebuild: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine, not the user: a full disk, a read-only folder
+        print(f"edgebuild: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. `edgebuild plan ... | head`
         sys.stderr.close()
         return 0
@@ -180,8 +183,16 @@ def cmd_build(args) -> int:
         projects = [p for p in projects if p.graph.target_chains]
         reports = [api.build(p, settings, console) for p in projects]
     # `all` ends with the comparison table and plot, as `edgebuild report` writes them.
-    written = [api.report(p, settings, r) if args.command == "all" else None
-               for p, r in zip(projects, reports, strict=True)]
+    written, unwritten = [], False
+    for project, report in zip(projects, reports, strict=True):
+        try:
+            written.append(api.report(project, settings, report) if args.command == "all"
+                           else None)
+        except OSError as exc:  # e.g. a full disk: the bundles are there, say so
+            print(f"edgebuild: could not write the report for {project.recipe.name}: {exc}",
+                  file=sys.stderr)
+            written.append(None)
+            unwritten = True
     if args.json:
         docs = [{**r.to_dict(), **({"report": w} if w else {})}
                 for r, w in zip(reports, written, strict=True)]
@@ -191,7 +202,7 @@ def cmd_build(args) -> int:
             _print_summary(report)
             if w:
                 print(f"  report: {w['paths']['md']}, {w['paths']['png']}")
-    return 1 if any(r.failed for r in reports) else 0
+    return 1 if unwritten or any(r.failed for r in reports) else 0
 
 
 def _print_summary(report) -> None:

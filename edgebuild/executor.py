@@ -7,11 +7,12 @@ is removed whatever happens. `run_step` is all a Dask worker needs (distributed.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from pathlib import Path
 from edgebuild.cache import Cache, Entry, Output
 from edgebuild.console import Console, parse_progress
 from edgebuild.errors import BuildError
-from edgebuild.fsutil import file_sizes
+from edgebuild.fsutil import file_sizes, scratch
 from edgebuild.graph import Node
 from edgebuild.plan import Resolver, rejected
 
@@ -65,7 +66,8 @@ class Executor:
         except (BuildError, OSError) as exc:  # OSError: e.g. a full disk while committing
             message = str(exc) if isinstance(exc, BuildError) else f"{type(exc).__name__}: {exc}"
             self.outcomes[node.id] = Outcome("failed", message)
-            self.console.step_failed(node, message)
+            if not _exiting.is_set():
+                self.console.step_failed(node, message)
             return False
         if self.rejects(node, entry):
             misses = entry.meta["verdict"]["misses"]
@@ -129,8 +131,7 @@ class StepJob:
 def run_step(cache: Cache, job: StepJob, progress: Callable[[str], None] | None = None) -> Entry:
     """Materialize the inputs, run the step, commit its outputs (and, with a remote
     cache, upload them). The work folder goes whatever happens."""
-    work = cache.workdir(f"{job.kind}-{job.key[:12]}")
-    try:
+    with scratch(cache.workdir(f"{job.kind}-{job.key[:12]}")) as work:
         inputs = dict(job.files)
         for name, output in job.inputs.items():
             inputs[name] = str(cache.materialize(output, work / "in" / name / output.name))
@@ -138,7 +139,7 @@ def run_step(cache: Cache, job: StepJob, progress: Callable[[str], None] | None 
                 "inputs": inputs, "outdir": str(work / "out"), "digests": job.doc["inputs"],
                 "chain": job.chain, "state": str(cache.state / "steps")}
         started = time.monotonic()
-        result = _spawn(spec, work, progress) if job.heavy else _in_process(spec)
+        result = _spawn(spec, work, progress, cache.state) if job.heavy else _in_process(spec)
         if "error" in result:
             raise BuildError(_failure_message(cache, result, work, job.key))
         outputs, facts = {}, dict(result["meta"].pop("facts", {}))
@@ -153,29 +154,51 @@ def run_step(cache: Cache, job: StepJob, progress: Callable[[str], None] | None 
         meta = {**result["meta"], "status": result["status"], "facts": facts,
                 "seconds": round(time.monotonic() - started, 3)}
         return cache.commit(job.key, job.kind, job.doc, outputs, meta)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
-def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None) -> dict:
+# Worker processes running now: stopped if this process exits first (Ctrl-C), so none
+# goes on writing into a work folder that is being removed.
+_workers: set[subprocess.Popen] = set()
+_exiting = threading.Event()  # set at exit: a killed worker is then no failure to report
+
+
+@atexit.register
+def _stop_workers() -> None:
+    _exiting.set()
+    for proc in list(_workers):
+        proc.kill()
+        proc.wait()
+
+
+def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None, state: Path) -> dict:
     job_path = work / "job.json"
     job_path.write_text(json.dumps(job))
     # tf.keras must mean tf_keras (Keras 2), which tfmot and the converter expect.
     # A fixed hash seed: converters iterate over sets (tf2onnx shares constants in
     # set order), so output bytes would otherwise change from process to process.
+    # Toolchains' temporary files and Keras's config go into the work folder, which
+    # is removed whatever happens, and matplotlib's font cache (pycocotools imports
+    # it) into the cache's state: nothing is written to /tmp or $HOME.
+    (work / "tmp").mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-           "TF_USE_LEGACY_KERAS": "1", "PYTHONHASHSEED": "0"}
+           "TF_USE_LEGACY_KERAS": "1", "PYTHONHASHSEED": "0", "TMPDIR": str(work / "tmp"),
+           "KERAS_HOME": str(work / "keras"),
+           "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR") or str(state / "matplotlib")}
     with open(work / "step.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "edgebuild.worker", str(job_path)],
                                 stdout=subprocess.PIPE, stderr=log, env=env, cwd=work)
-        for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            if line.startswith("@progress "):
-                if progress is not None:
-                    progress(line[len("@progress "):])
-            else:
-                log.write(raw)
-        proc.wait()
+        _workers.add(proc)
+        try:
+            for raw in proc.stdout:
+                line = raw.decode(errors="replace").rstrip()
+                if line.startswith("@progress "):
+                    if progress is not None:
+                        progress(line[len("@progress "):])
+                else:
+                    log.write(raw)
+            proc.wait()
+        finally:
+            _workers.discard(proc)
     try:
         return json.loads((work / "result.json").read_text())
     except (OSError, ValueError):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -26,15 +31,12 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.",
                                suffix=".tmp")
-    try:
+    with scratch(Path(tmp)):  # gone once renamed; removed if anything fails first
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_if_changed(path: Path, data: bytes) -> bool:
@@ -58,3 +60,38 @@ def file_sizes(path: Path) -> dict:
             gzip_bytes += len(compressor.compress(chunk))
     gzip_bytes += len(compressor.flush())
     return {"bytes": path.stat().st_size, "gzip_bytes": gzip_bytes}
+
+
+# Temporary files and folders in use. Steps run in doit's daemon threads, which die
+# with the process without running their `finally` blocks (Ctrl-C), so what they
+# hold is also removed at exit.
+_scratch: set[Path] = set()
+_scratch_lock = threading.Lock()
+
+
+@contextmanager
+def scratch(path: Path) -> Iterator[Path]:
+    """Remove `path` (a file or a folder) when the block ends, or the process does."""
+    with _scratch_lock:
+        _scratch.add(path)
+    try:
+        yield path
+    finally:
+        _remove(path)
+        with _scratch_lock:
+            _scratch.discard(path)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@atexit.register
+def _remove_scratch() -> None:
+    with _scratch_lock:
+        leftovers = list(_scratch)
+    for path in leftovers:
+        _remove(path)

@@ -9,10 +9,13 @@ and no-op builds do not pay for it.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import textwrap
 from pathlib import Path
+
+from edgebuild.fsutil import atomic_write
 
 DASH = "—"
 HOST_STATEMENT = "Latencies are host latency, not device latency."
@@ -24,9 +27,12 @@ def render(doc: dict, folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "md": folder / "report.md",
              "png": folder / "pareto.png"}
-    paths["json"].write_text(json.dumps(doc, sort_keys=True, indent=2) + "\n")
-    paths["md"].write_text(markdown(doc, paths["png"].name))
-    plot(doc, paths["png"])
+    # Each file whole or not at all: a full disk must not leave half a report.
+    atomic_write(paths["json"], (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode())
+    atomic_write(paths["md"], markdown(doc, paths["png"].name).encode())
+    png = io.BytesIO()
+    plot(doc, png)
+    atomic_write(paths["png"], png.getvalue())
     return paths
 
 
@@ -262,7 +268,7 @@ def plot(doc: dict, path: Path) -> None:
         lines.append(((ax.get_xlim()[0], base_metric * 100), (ax.get_xlim()[1], base_metric * 100)))
     _place_labels(fig, ax, points, lines)
     _footnote(fig, doc, points, missing)
-    fig.savefig(path, dpi=150, bbox_inches="tight", pad_inches=0.2,
+    fig.savefig(path, format="png", dpi=150, bbox_inches="tight", pad_inches=0.2,
                 metadata={"Software": None})
 
 
