@@ -45,6 +45,7 @@ def publish(cache: Cache, bundle: Output, dest: Path, archive: Output | None = N
             os.close(fd)
             try:
                 cache.materialize(archive, Path(tmp))
+                os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide it from other users
                 os.replace(tmp, path)
             finally:
                 Path(tmp).unlink(missing_ok=True)

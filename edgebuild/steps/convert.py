@@ -76,9 +76,15 @@ def _deterministic_tf2onnx():
 
 def _convert(converter) -> bytes:
     try:
-        return converter.convert()
+        flatbuffer = converter.convert()
     except Exception as exc:  # the converter raises ConverterError and plain exceptions
         raise StepError(f"TFLite conversion failed: {first_line(exc)}") from None
+    # A Keras model is converted through a temporary SavedModel; if writing it fails
+    # (a full disk), TensorFlow silently converts another way, with other bytes.
+    if getattr(converter, "_keras_model", None) is not None and not converter.saved_model_dir:
+        raise StepError("TFLite conversion could not write its temporary SavedModel (is the "
+                        "disk full?); refusing TensorFlow's fallback, which gives other bytes")
+    return flatbuffer
 
 
 def _check(path: Path) -> dict:
