@@ -23,6 +23,12 @@ MAX_NODES = 100_000
 
 KeyPath = tuple[str | int, ...]
 
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+# What JSON can hold. Any other tag (!!python/..., !!binary, !custom) is refused: a
+# recipe never makes objects.
+PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in
+              ("str", "int", "float", "bool", "null", "map", "seq", "merge", "timestamp")}
+
 
 class YamlError(Exception):
     def __init__(self, message: str, line: int | None = None, column: int | None = None,
@@ -81,6 +87,9 @@ class _Builder:
             raise YamlError(f"nested deeper than {MAX_DEPTH} levels", *_mark(node), path)
         self.positions.setdefault(path, _mark(node))
         self.value_positions.setdefault(path, _mark(node))
+        if node.tag not in PLAIN_TAGS:
+            raise YamlError(f"the tag {node.tag} is not allowed: recipes are plain YAML "
+                            "(strings, numbers, booleans, lists, mappings)", *_mark(node), path)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path, depth)
         if isinstance(node, yaml.SequenceNode):
@@ -115,8 +124,17 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
 def _scalar(node: yaml.Node) -> object:
     if not isinstance(node, yaml.ScalarNode):
         raise YamlError("expected a plain value here", *_mark(node))
+    if node.tag not in PLAIN_TAGS:
+        raise YamlError(f"the tag {node.tag} is not allowed: recipes are plain YAML",
+                        *_mark(node))
+    if node.tag == _TIMESTAMP:  # an unquoted date: the text, as JSON would have it
+        return node.value
     # SafeConstructor turns resolved tags (int, float, bool, null, str) into values.
-    return _SCALARS.construct_object(node, deep=False)
+    try:
+        return _SCALARS.construct_object(node, deep=False)
+    except Exception as exc:  # noqa: BLE001 - !!int/!!bool forced on text that is neither
+        raise YamlError(f"{node.value!r} is not a valid {node.tag.rsplit(':', 1)[-1]}: "
+                        f"{getattr(exc, 'problem', None) or exc}", *_mark(node)) from None
 
 
 _SCALARS = yaml.SafeLoader("")
