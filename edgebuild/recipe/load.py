@@ -420,6 +420,10 @@ class _Resolver:
             self.complain(("source", "path"), f"cannot tell the model format of '{spec['path']}' "
                           "(expected .keras, .h5, .onnx or a SavedModel folder); "
                           "set source.format")
+        if path and fmt:
+            problem = _source_problem(path, fmt)
+            if problem:
+                self.complain(("source", "path"), problem)
         shapes = {name: list(dims) for name, dims in spec.get("input_shapes", {}).items()}
         if shapes and fmt != "onnx":
             self.complain(("source", "input_shapes"), "input_shapes fixes dynamic dimensions of "
@@ -443,6 +447,44 @@ class _Resolver:
             self.complain(key_path, f"'{value}' does not exist (looked for {path})")
             return None
         return path
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def _source_problem(path: Path, fmt: str) -> str | None:
+    """What is plainly wrong with a source file, found without loading it (a model
+    may come from anywhere; toolchains give poor messages for damaged files)."""
+    import zipfile
+
+    name = path.name
+    if fmt == "saved_model":
+        if not path.is_dir():
+            return f"'{name}' is a file; a SavedModel is a folder with saved_model.pb"
+        if not any((path / f).is_file() for f in ("saved_model.pb", "saved_model.pbtxt")):
+            return f"'{name}' has no saved_model.pb: it is not a SavedModel folder"
+        return None
+    if not path.is_file():
+        return f"'{name}' is a folder; a {fmt} model is one file"
+    size = path.stat().st_size
+    if size == 0:
+        return f"'{name}' is empty"
+    if fmt == "keras" and path.suffix == ".keras":
+        if not zipfile.is_zipfile(path):
+            return (f"'{name}' is not a .keras archive (no zip directory: truncated, or "
+                    "another format?)")
+        with zipfile.ZipFile(path) as archive:
+            if "config.json" not in archive.namelist():
+                return f"'{name}' is a zip file without config.json, not a .keras model"
+    elif fmt == "keras":  # .h5: HDF5, whose signature may follow a user block
+        with open(path, "rb") as handle:
+            head = handle.read(2056)
+        if not any(head[at:at + 8] == HDF5_SIGNATURE for at in (0, 512, 1024, 2048)):
+            return f"'{name}' is not an HDF5 file (no HDF5 signature): not a Keras .h5 model"
+    elif fmt == "onnx" and size >= 2 ** 31:
+        return (f"'{name}' is {size / 2 ** 30:.1f} GiB; ONNX files over 2 GiB must keep their "
+                "weights as external data (onnx.save(..., save_as_external_data=True))")
+    return None
 
 
 def _device(name: str, spec: dict) -> Device:

@@ -8,13 +8,18 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebuild.errors import StepError, first_line
+
 
 class LiteRTModel:
     def __init__(self, path: Path, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
-        self.interpreter.allocate_tensors()
+        try:
+            self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:  # a damaged or foreign flatbuffer
+            raise StepError(f"{path.name}: LiteRT cannot load it: {first_line(exc)}") from None
         self.inputs = self.interpreter.get_input_details()
         self.outputs = self.interpreter.get_output_details()
         self.output_names = [o["name"] for o in self.outputs]
@@ -34,7 +39,12 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own pybind11 types
+            raise StepError(f"{path.name}: ONNX Runtime cannot load it: {first_line(exc)}") \
+                from None
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         # fp16 models may take float16 I/O (quantize io: float16).
