@@ -79,3 +79,27 @@ def test_runtimes_refuse_foreign_files_with_a_step_error(tmp_path, runtime, suff
     path.write_bytes(os.urandom(3000))
     with pytest.raises(StepError, match="cannot load it"):
         runtime(path)
+
+
+LAMBDA_MARKER = "/tmp/edgebuild-lambda-ran"  # written by the Lambda if it ever runs
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_lambda_layers_are_refused_without_running(tiny, suffix):
+    import tf_keras as keras
+
+    marker = Path(LAMBDA_MARKER)
+    marker.unlink(missing_ok=True)
+    model = keras.Sequential([
+        keras.layers.Input((16, 16, 3), name="image"),
+        keras.layers.Lambda(lambda x: (open(LAMBDA_MARKER, "w").close(), x)[1]),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(4, activation="softmax")])
+    model.save(tiny.root / f"lambda{suffix}")
+    marker.unlink(missing_ok=True)  # saving traced the Lambda once
+    tiny.recipe.write_text(TINY_RECIPE.replace("model/tiny.keras", f"lambda{suffix}"))
+    code, result = tiny.run("all")
+    assert code == 1
+    messages = [s["message"] for s in result["step_list"] if s["status"] == "failed"]
+    assert messages and all("has a Lambda layer" in m and "safe mode" in m for m in messages)
+    assert not marker.exists(), "the model's Lambda code ran"

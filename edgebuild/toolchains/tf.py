@@ -27,15 +27,61 @@ def keras_flavour(path: Path) -> str:
     return "tf_keras"
 
 
+UNSAFE = ("edgebuild loads Keras models in safe mode: a model from elsewhere must not "
+          "run code it brings along")
+
+
 def load_keras(path: Path):
     """Load a .keras/.h5 model with the Keras that wrote it (safe mode, no custom code)."""
-    if keras_flavour(path) == "keras3":
-        import keras
+    from edgebuild.errors import StepError, first_line
 
-        return keras.models.load_model(path, compile=False, safe_mode=True)
-    import tf_keras
+    if path.suffix != ".keras":
+        _refuse_h5_lambdas(path)  # Keras's safe mode does not cover .h5 files
+    try:
+        if keras_flavour(path) == "keras3":
+            import keras
 
-    return tf_keras.models.load_model(path, compile=False, safe_mode=True)
+            return keras.models.load_model(path, compile=False, safe_mode=True)
+        import tf_keras
+
+        return tf_keras.models.load_model(path, compile=False, safe_mode=True)
+    except (ValueError, TypeError) as exc:
+        text = str(exc)
+        if "Lambda" in text:
+            raise StepError(f"{path.name}: has a Lambda layer holding Python code ({UNSAFE}); "
+                            "replace it with a built-in layer") from None
+        if "safe_mode" in text or "Unknown" in text or "Could not locate" in text:
+            raise StepError(f"{path.name}: {first_line(exc)} ({UNSAFE}; custom objects "
+                            "are refused)") from None
+        raise
+
+
+def _refuse_h5_lambdas(path: Path) -> None:
+    """A Lambda layer in an .h5 file is marshalled Python bytecode that runs when the
+    model is called, and Keras loads it even in safe mode: refuse it unread."""
+    import h5py
+
+    from edgebuild.errors import StepError
+
+    try:
+        with h5py.File(path, "r") as handle:
+            config = handle.attrs.get("model_config")
+    except OSError as exc:
+        raise StepError(f"{path.name}: not a readable HDF5 model: {exc}") from None
+    if isinstance(config, bytes):
+        config = config.decode("utf-8", "replace")
+    if config and _has_lambda(json.loads(config)):
+        raise StepError(f"{path.name}: has a Lambda layer, whose Python bytecode would run "
+                        f"when the model is called ({UNSAFE}); replace the Lambda with a "
+                        "built-in layer, or re-save the model as .keras")
+
+
+def _has_lambda(node) -> bool:
+    if isinstance(node, dict):
+        return node.get("class_name") == "Lambda" or any(map(_has_lambda, node.values()))
+    if isinstance(node, list):
+        return any(map(_has_lambda, node))
+    return False
 
 
 def is_tf_keras(model) -> bool:
