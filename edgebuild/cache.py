@@ -166,21 +166,23 @@ class Cache:
         """Evict every entry that names `digest`, directly or in a tree it names."""
         for key in self.entry_keys():
             try:
-                raw = json.loads(self._entry_path(key).read_bytes())
-                outputs = [Output(**o) for o in raw["outputs"].values()]
+                entry = _parse_entry(json.loads(self._entry_path(key).read_bytes()))
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            for out in outputs:
-                members = ()
-                if out.tree and out.digest != digest and self.has_blob(out.digest):
-                    try:
-                        members = [m[0] for m in json.loads(
-                            self.blob_path(out.digest).read_bytes())["tree"].values()]
-                    except (OSError, ValueError, KeyError):
-                        members = ()
-                if out.digest == digest or digest in members:
-                    self.evict(key)
-                    break
+            if any(out.digest == digest or digest in self._members(out)
+                   for out in entry.outputs.values()):
+                self.evict(key)
+
+    def _members(self, output: Output) -> list[str]:
+        """The digests in a tree output's listing, as far as this cache can read it
+        without downloading or verifying (this runs while handling a bad blob)."""
+        if not output.tree:
+            return []
+        try:
+            listing = json.loads(self.blob_path(output.digest).read_bytes())["tree"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        return [member[0] for member in listing.values()]
 
     # -- blobs -----------------------------------------------------------------------
 

@@ -148,8 +148,9 @@ def execute(remote: tuple[str, dict], job: StepJob) -> dict:
     """A Dask task: run one step against this worker's cache and the shared remote."""
     cache = _worker_cache(*remote)
     cache.remote.failure = None  # a failure belongs to the task that met it
-    entry = cache.entry(job.key, fresh=True) or run_step(cache, job)
-    return {"key": entry.key, "remote_failure": cache.remote.failure}
+    if cache.entry(job.key, fresh=True) is None:  # else another build has made it
+        run_step(cache, job)
+    return {"remote_failure": cache.remote.failure}
 
 
 def _worker_cache(url: str, options: dict) -> Cache:

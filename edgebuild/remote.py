@@ -24,7 +24,7 @@ import os
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -53,7 +53,7 @@ class Traffic:
     bytes_uploaded: int = 0
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
 @dataclass
@@ -63,8 +63,7 @@ class RemoteStore:
     options: dict = field(default_factory=dict)  # fsspec storage options (API callers)
     traffic: Traffic = field(default_factory=Traffic)
     failure: str | None = None  # why the remote was dropped for the rest of this run
-    _fs: object = None
-    _root: str = ""
+    _opened: tuple | None = None  # (file system, root path), once opened
 
     # -- connection ------------------------------------------------------------------
 
@@ -79,34 +78,41 @@ class RemoteStore:
 
     @property
     def fs(self):
-        """The fsspec file system, opened on first use: a no-op build that finds
-        everything locally never imports fsspec or the storage library."""
-        if self._fs is None:
+        return self._open()[0]
+
+    @property
+    def root(self) -> str:
+        return self._open()[1]
+
+    def _open(self) -> tuple:
+        """The fsspec file system and the remote folder in it, opened on first use: a
+        no-op build that finds everything locally never imports fsspec or s3fs."""
+        if self._opened is None:
             import fsspec
 
             try:
-                self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.options)
+                fs, root = fsspec.core.url_to_fs(self.url, **self.options)
             except ImportError as exc:
                 raise UsageError(f"remote cache {self.display_url}: {scrub(str(exc), self)} "
                                  "(for s3:// URLs: pip install 'edgebuild[remote]')") from None
             except ValueError as exc:
                 raise UsageError(f"remote cache {self.display_url}: {scrub(str(exc), self)}") \
                     from None
-            self._root = self._root.rstrip("/")
+            self._opened = fs, root.rstrip("/")
             if self.protocol not in ATOMIC_PUT and not self.readonly:
-                self._fs.makedirs(self._root, exist_ok=True)
-        return self._fs
+                fs.makedirs(self.root, exist_ok=True)
+        return self._opened
 
     @property
     def protocol(self) -> str:
-        protocol = self.fs.protocol if self._fs is not None else urlsplit(self.url).scheme
+        protocol = self.fs.protocol
         return (protocol[0] if isinstance(protocol, (tuple, list)) else protocol) or "file"
 
     def _entry_path(self, key: str) -> str:
-        return f"{self._root}/entries/{key[:2]}/{key}.json"
+        return f"{self.root}/entries/{key[:2]}/{key}.json"
 
     def _blob_path(self, digest: str) -> str:
-        return f"{self._root}/blobs/{digest[:2]}/{digest}"
+        return f"{self.root}/blobs/{digest[:2]}/{digest}"
 
     def _guard(self, action: str, call, default=None):
         """Run one remote call, retrying what may be transient (Bazel's
@@ -142,9 +148,9 @@ class RemoteStore:
         same inputs, so either entry is right."""
         if self.readonly:
             return
-        path = self._entry_path(key)
 
         def upload():
+            path = self._entry_path(key)
             if self.protocol in ("s3", "s3a"):
                 try:
                     self.fs.pipe_file(path, data, mode="create")  # If-None-Match: *

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from edgebuild.errors import UsageError
-from edgebuild.steps.bundle import UNSEALED
+from edgebuild.steps.bundle import is_sealed
 
 MANIFEST = "manifest.json"
 
@@ -101,9 +101,7 @@ def _read_manifest(data: bytes | None, verdict: Verdict) -> dict | None:
     except (ValueError, KeyError, TypeError) as exc:
         verdict.problems.append(f"{MANIFEST} is not a bundle manifest: {exc}")
         return None
-    field = f'"self_digest": "{sealed}"'.encode()
-    unsealed = data.replace(field, f'"self_digest": "{UNSEALED}"'.encode(), 1)
-    if data.count(field) != 1 or hashlib.sha256(unsealed).hexdigest() != sealed:
+    if not isinstance(sealed, str) or not is_sealed(data, sealed):
         verdict.problems.append(f"{MANIFEST}: changed after it was written "
                                 "(its bytes do not match its self_digest)")
         return None

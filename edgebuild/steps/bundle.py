@@ -27,10 +27,20 @@ def seal(manifest: bytes) -> bytes:
     """Write the manifest's digest into it: sha256 of its bytes with self_digest zeroed,
     so `edgebuild verify` can tell any changed byte of the manifest, not only of the
     files it lists."""
-    field = f'"self_digest": "{UNSEALED}"'.encode()
-    assert manifest.count(field) == 1
-    return manifest.replace(field, f'"self_digest": "{hashlib.sha256(manifest).hexdigest()}"'
-                            .encode())
+    assert manifest.count(_self_digest(UNSEALED)) == 1
+    return manifest.replace(_self_digest(UNSEALED),
+                            _self_digest(hashlib.sha256(manifest).hexdigest()))
+
+
+def is_sealed(manifest: bytes, digest: str) -> bool:
+    """Whether `manifest` is, byte for byte, what `seal` wrote with this digest."""
+    field = _self_digest(digest)
+    return manifest.count(field) == 1 and hashlib.sha256(
+        manifest.replace(field, _self_digest(UNSEALED))).hexdigest() == digest
+
+
+def _self_digest(value: str) -> bytes:
+    return f'"self_digest": "{value}"'.encode()
 
 
 def run(ctx: StepContext) -> dict:
