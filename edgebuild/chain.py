@@ -7,7 +7,7 @@ data; nothing here imports a toolchain.
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 from edgebuild.graph import Graph, Node
@@ -27,6 +27,19 @@ def compile_recipe(recipe: Recipe, rungs: dict[str, int] | None = None,
     return graph
 
 
+def _add(graph: Graph, recipe: Recipe, node: Node, target: str) -> str:
+    """Add `node`; where it loads a Keras model the recipe trusts, with that trust in
+    its key and the custom-objects module among its inputs."""
+    trust = recipe.source.trust
+    if trust is not None and node.impl.loads_keras:
+        files = dict(node.files)
+        if trust.module_file is not None:
+            files["custom_objects"] = trust.module_file
+        node = replace(node, params={**node.params, "trust_source": trust.to_dict()},
+                       files=files)
+    return graph.add(node, target)
+
+
 def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int,
                 gpu_host: NvidiaHost | None) -> None:
     name = target.name
@@ -34,7 +47,7 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int,
 
     # The plain float conversion: the artifact when nothing else runs, and what
     # validate measures speed-ups against.
-    float_id = graph.add(_convert_node(recipe, target), name)
+    float_id = _add(graph, recipe, _convert_node(recipe, target), name)
     keras = _add_optimizations(graph, recipe, target)  # the pruned/clustered Keras model
 
     # A fallback ladder: every rung down to the current one is built and validated;
@@ -60,7 +73,7 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int,
     elif compile_ is not None:
         node = Node(f"compile.{compile_.compiler}", compile_.to_dict(),
                     deps={"model": artifact}, device=device)
-        deps["build"] = (graph.add(node, name), "build")
+        deps["build"] = (_add(graph, recipe, node, name), "build")
     if verdict:
         deps["verdict"] = verdict
     deps.update({f"rejected_{i}": v for i, v in enumerate(rejected)})
@@ -71,7 +84,7 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int,
         params["fallback"] = [r for r, _ in target.fallback]
     bundle = Node("bundle", params, deps=deps, files=files, device=device,
                   chain=tuple(graph.target_chains[name]))
-    graph.add(bundle, name)
+    _add(graph, recipe, bundle, name)
 
 
 def _add_tensorrt(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[str, str],
@@ -89,7 +102,7 @@ def _add_tensorrt(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[
     # capability and TensorRT version are in the key, with the compatibility level.
     node = Node("compile.tensorrt", compile_.to_dict(), deps={"model": artifact}, files=files,
                 device={**device, "host": host.key()})
-    compile_id = graph.add(node, target.name)
+    compile_id = _add(graph, recipe, node, target.name)
     if host.deferral:
         graph.deferred[target.name] = host.deferral
         return {"build": (compile_id, "build")}
@@ -107,7 +120,8 @@ def _add_artifact(graph: Graph, recipe: Recipe, target: Target, float_id: str,
     """The artifact before any compile step: float, or quantized with `quantize`."""
     artifact = (float_id, "model")
     if keras is not None and (target.format == "onnx" or quantize is None):
-        artifact = (graph.add(_convert_node(recipe, target, keras), target.name), "model")
+        converted = _convert_node(recipe, target, keras)
+        artifact = (_add(graph, recipe, converted, target.name), "model")
     if quantize is None:
         return artifact
     params = {**quantize.to_dict(), "source_format": recipe.source.format}
@@ -136,7 +150,7 @@ def _add_artifact(graph: Graph, recipe: Recipe, target: Target, float_id: str,
             # asymmetric uint8 activations.
             params["symmetric"] = compile_ is not None and compile_.compiler == "tensorrt"
         node = Node("quantize.onnx", params, deps={"model": artifact}, files=files)
-    return graph.add(node, target.name), "model"
+    return _add(graph, recipe, node, target.name), "model"
 
 
 def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> tuple[str, str] | None:
@@ -160,7 +174,7 @@ def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> tuple[st
                 files["teacher"] = recipe.source.path  # outputs to match: the float source
             elif recipe.labels:
                 files["labels"] = recipe.labels  # class order for class-folder datasets
-        model = (graph.add(Node(f"{slot}.tfmot", params, files=files, deps=deps),
+        model = (_add(graph, recipe, Node(f"{slot}.tfmot", params, files=files, deps=deps),
                            target.name), "model")
     return model
 
@@ -198,14 +212,14 @@ def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tupl
     baseline = Node(f"baseline.{source_runtime}", {"data": data, **task,
                                             "source_format": recipe.source.format},
                     files={**files, "model": recipe.source.path})
-    baseline_id = graph.add(baseline, target.name)
+    baseline_id = _add(graph, recipe, baseline, target.name)
     params = {**target.steps["validate"].to_dict(), "data": data, **task,
               "budget": target.budget.to_dict(), "rung": rung}
     deps = {"model": artifact, "reference": (baseline_id, "outputs"),
             "baseline": (baseline_id, "metrics")}
     if float_id is not None and artifact[0] != float_id:
         deps["float"] = (float_id, "model")
-    return graph.add(Node(f"validate.{variant or target.format}", params, deps=deps,
+    return _add(graph, recipe, Node(f"validate.{variant or target.format}", params, deps=deps,
                           files=files, device=device or {}), target.name)
 
 

@@ -6,8 +6,6 @@ Runs inside steps (it imports numpy and, for detection, pycocotools).
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,15 +56,7 @@ def decoder(inputs: dict[str, Path], params: dict) -> Callable | None:
         return None
     from edgebuild.metrics.decoders import load_decoder
 
-    if "decoder" in inputs:  # a plug-in next to the recipe: make its package importable
-        module = spec["name"].split(":")[0]
-        path = inputs["decoder"]
-        depth = module.count(".") + (1 if path.name == "__init__.py" else 0)
-        root = str(path.parents[depth])
-        if root not in sys.path:
-            sys.path.insert(0, root)
-        importlib.invalidate_caches()
-    return load_decoder(spec)
+    return load_decoder(spec, inputs.get("decoder"))
 
 
 def task_metrics(task: str, truth: ValidationSet, outputs: list[np.ndarray],

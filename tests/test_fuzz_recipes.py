@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 import signal
 from pathlib import Path
@@ -25,7 +26,8 @@ CASES = {"tried": 0, "rejected": 0, "accepted": 0}
 KNOWN_KEYS = ["name", "source", "path", "format", "task", "labels", "decode", "data",
               "preprocess", "resize", "calibration", "validation", "count", "targets",
               "device", "quantize", "mode", "prune", "cluster", "compile", "budget",
-              "fallback", "rpi4", "pixel", "train", "epochs", "input_shapes"]
+              "fallback", "rpi4", "pixel", "train", "epochs", "input_shapes", "trust_source",
+              "custom_objects"]
 odd_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 scalars = st.one_of(
     st.none(), st.booleans(),
@@ -83,7 +85,10 @@ def folder(tiny_assets, tmp_path_factory) -> Path:
     return root
 
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
+# CI replays the same 300 examples per test; EDGEBUILD_FUZZ_EXAMPLES=N runs a longer,
+# randomly seeded campaign instead.
+CAMPAIGN = int(os.environ.get("EDGEBUILD_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=CAMPAIGN or 300, deadline=None, derandomize=not CAMPAIGN,
                 suppress_health_check=[HealthCheck.function_scoped_fixture,
                                        HealthCheck.too_slow])
 

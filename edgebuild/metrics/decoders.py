@@ -34,15 +34,16 @@ reach -0.27 or 1.29 and are clipped here). Recipe:
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 
 from edgebuild.errors import StepError
+from edgebuild.plugins import import_module
 
 COMMON = {"score_threshold": 0.05, "iou_threshold": 0.5, "max_detections": 100}
 BOX_FORMATS = ("xyxy", "yxyx", "cxcywh")
@@ -68,16 +69,16 @@ class Detections:
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64))
 
 
-def load_decoder(spec: dict) -> Decoder:
+def load_decoder(spec: dict, plugin_file: Path | None = None) -> Decoder:
     """The decoder a recipe's `decode:` names, with its options checked now, so a typo
-    fails before any model runs."""
+    fails before any model runs. `plugin_file`: a plug-in's source next to the recipe."""
     options = dict(spec)
     name = options.pop("name", None)
     if not isinstance(name, str) or not name:
         raise StepError("decode: needs a `name` (built in: grid, boxes-scores; or your own "
                         "as package.module:function)")
     if ":" in name:
-        return _plugin(name, options)
+        return _plugin(name, options, plugin_file)
     if name not in BUILT_IN:
         raise StepError(f"decode.name: '{name}' is not a built-in decoder (built in: "
                         f"{', '.join(BUILT_IN)}); for your own, name it "
@@ -244,8 +245,8 @@ def _activate(scores: np.ndarray, activation: str) -> np.ndarray:
 # -- plug-ins ----------------------------------------------------------------------
 
 
-def _plugin(name: str, options: dict) -> Decoder:
-    function = _import_plugin(name)
+def _plugin(name: str, options: dict, file: Path | None) -> Decoder:
+    function = _import_plugin(name, file)
     try:
         # Check the options against the signature now, not after the model has run.
         inspect.signature(function).bind([], **options)
@@ -262,20 +263,9 @@ def _plugin(name: str, options: dict) -> Decoder:
     return decode
 
 
-def _import_plugin(name: str) -> Callable:
+def _import_plugin(name: str, file: Path | None) -> Callable:
     module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name and (module_name + ".").startswith(error.name + "."):
-            raise StepError(f"decode.name: the plug-in module '{module_name}' is not found; "
-                            f"put {module_name.replace('.', '/')}.py next to the recipe, or "
-                            "install it") from None
-        raise StepError(f"decode.name: the plug-in module '{module_name}' cannot import "
-                        f"'{error.name}', which it needs; install it") from None
-    except Exception as error:
-        raise StepError(f"decode.name: importing the plug-in module '{module_name}' failed: "
-                        f"{type(error).__name__}: {error}") from None
+    module = import_module(module_name, file, "decode.name", what="plug-in module")
     function = getattr(module, attr, None)
     if not callable(function):
         raise StepError(f"decode.name: {module.__file__} has no function '{attr}'; name the "

@@ -14,6 +14,7 @@ from typing import Protocol
 from edgebuild import __version__
 from edgebuild.catalog import catalog_text, load_catalog
 from edgebuild.errors import Problem, RecipeError
+from edgebuild.plugins import is_module_name, local_module_file
 from edgebuild.recipe import yamlpos
 from edgebuild.recipe.model import (
     KERAS_SLOTS,
@@ -26,6 +27,7 @@ from edgebuild.recipe.model import (
     Source,
     Target,
     Training,
+    Trust,
 )
 from edgebuild.steps.params import RUNGS, SLOT_PARAMS, Budget, QuantizeParams
 
@@ -274,14 +276,10 @@ class _Resolver:
             return decode, None
         module, _, function = name.partition(":")
         # A plug-in next to the recipe is an input: editing it re-runs validation.
-        parts = module.split(".")
-        for candidate in (self.path.parent.joinpath(*parts).with_suffix(".py"),
-                          self.path.parent.joinpath(*parts, "__init__.py")):
-            if candidate.is_file():
-                return decode, candidate
-        if not function or not all(p.isidentifier() for p in parts):
+        local = local_module_file(self.path.parent, module)
+        if local is None and not (function and is_module_name(module)):
             self.complain(("decode",), f"'{name}' is not of the form package.module:function")
-        return decode, None
+        return decode, local
 
     def _check_target(self, where, device, fmt, steps, calibration, validation) -> None:
         quantize = steps.get("quantize")
@@ -420,16 +418,51 @@ class _Resolver:
             self.complain(("source", "path"), f"cannot tell the model format of '{spec['path']}' "
                           "(expected .keras, .h5, .onnx or a SavedModel folder); "
                           "set source.format")
-        if path and fmt:
-            problem = _source_problem(path, fmt)
-            if problem:
-                self.complain(("source", "path"), problem)
+        problem = _source_problem(path, fmt) if path and fmt else None
+        if problem:
+            self.complain(("source", "path"), problem)
         shapes = {name: list(dims) for name, dims in spec.get("input_shapes", {}).items()}
         if shapes and fmt != "onnx":
             self.complain(("source", "input_shapes"), "input_shapes fixes dynamic dimensions of "
                           "ONNX sources; Keras and SavedModel sources declare their own shapes")
+        trust = self._trust(spec, fmt)
+        if trust is None and path and fmt == "keras" and path.suffix == ".keras" and not problem:
+            self._refuse_code(path)
         return Source(path=path or Path(spec["path"]), format=fmt or "unknown",
-                      input_shapes=shapes)
+                      input_shapes=shapes, trust=trust)
+
+    def _trust(self, spec: dict, fmt: str | None) -> Trust | None:
+        """source.trust_source and the module it names (imported only by the steps)."""
+        module = spec.get("custom_objects")
+        if not spec.get("trust_source"):
+            if module is not None:
+                self.complain(("source", "custom_objects"), f"loading '{module}' runs its "
+                              "code while the model loads; set `trust_source: true` under "
+                              "`source:` if you trust the model and the module")
+            return None
+        if fmt in ("saved_model", "onnx"):
+            self.complain(("source", "trust_source"), f"a {fmt} model is a graph, with no "
+                          "code of its own to trust; drop trust_source")
+            return None
+        if module is None:
+            return Trust()
+        local = local_module_file(self.path.parent, module)
+        if local is None and not is_module_name(module):
+            self.complain(("source", "custom_objects"), f"'{module}' is not a module name "
+                          "(package.module, a .py file next to the recipe or installed)")
+        return Trust(custom_objects=module, module_file=local)
+
+    def _refuse_code(self, path: Path) -> None:
+        """A .keras model that brings code is refused before anything runs (its config
+        is a small JSON file; .h5 configs need h5py, so their steps check them)."""
+        from edgebuild.toolchains.tf import archive_config, model_code, refusal
+
+        try:
+            code = model_code(archive_config(path))
+        except (OSError, ValueError):  # unreadable JSON: the step's loader will say
+            return
+        if code:
+            self.complain(("source", "path"), refusal(f"'{path.name}'", code))
 
     def _dataset(self, data: dict, role: str) -> Dataset | None:
         spec = data.get(role)
@@ -450,6 +483,7 @@ class _Resolver:
 
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+PROTOBUF_LIMIT = 2 ** 31  # bytes: ONNX files and SavedModel graphs are protocol buffers
 
 
 def _source_problem(path: Path, fmt: str) -> str | None:
@@ -461,8 +495,17 @@ def _source_problem(path: Path, fmt: str) -> str | None:
     if fmt == "saved_model":
         if not path.is_dir():
             return f"'{name}' is a file; a SavedModel is a folder with saved_model.pb"
-        if not any((path / f).is_file() for f in ("saved_model.pb", "saved_model.pbtxt")):
+        graphs = [path / f for f in ("saved_model.pb", "saved_model.pbtxt")
+                  if (path / f).is_file()]
+        if not graphs:
             return f"'{name}' has no saved_model.pb: it is not a SavedModel folder"
+        size = graphs[0].stat().st_size
+        if size == 0:
+            return f"'{name}/{graphs[0].name}' is empty"
+        if size >= PROTOBUF_LIMIT:
+            return (f"'{name}/{graphs[0].name}' is {size / 2 ** 30:.1f} GiB, past the 2 GiB "
+                    "a protocol buffer can hold; keep large constants as variables (which "
+                    "a SavedModel stores beside the graph, in variables/)")
         return None
     if not path.is_file():
         return f"'{name}' is a folder; a {fmt} model is one file"
@@ -481,7 +524,7 @@ def _source_problem(path: Path, fmt: str) -> str | None:
             head = handle.read(2056)
         if not any(head[at:at + 8] == HDF5_SIGNATURE for at in (0, 512, 1024, 2048)):
             return f"'{name}' is not an HDF5 file (no HDF5 signature): not a Keras .h5 model"
-    elif fmt == "onnx" and size >= 2 ** 31:
+    elif fmt == "onnx" and size >= PROTOBUF_LIMIT:
         return (f"'{name}' is {size / 2 ** 30:.1f} GiB; ONNX files over 2 GiB must keep their "
                 "weights as external data (onnx.save(..., save_as_external_data=True))")
     return None

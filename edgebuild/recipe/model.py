@@ -57,10 +57,24 @@ class Training:
 
 
 @dataclass(frozen=True)
+class Trust:
+    """source.trust_source: the recipe vouches for the model's code, so Keras loads it
+    outside safe mode (Lambda layers run their code) and resolves custom layers and
+    functions from `custom_objects`, a module the recipe names."""
+
+    custom_objects: str | None = None  # package.module
+    module_file: Path | None = None    # its source, when next to the recipe (an input)
+
+    def to_dict(self) -> dict:
+        return {"custom_objects": self.custom_objects}
+
+
+@dataclass(frozen=True)
 class Source:
     path: Path
     format: str  # keras | saved_model | onnx
     input_shapes: dict[str, list[int]] = field(default_factory=dict)  # ONNX: fixed dims
+    trust: Trust | None = None  # None: safe mode, no code from the model runs
 
 
 @dataclass(frozen=True)

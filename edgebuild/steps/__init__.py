@@ -30,6 +30,9 @@ class Impl:
     # Runs on the GPU its key names (device.host): on a Dask cluster, on a worker
     # that offers the GPU resource and has that GPU.
     gpu: bool = False
+    # Loads a Keras model (the source, or one made from it), so it takes the recipe's
+    # trust in the model's own code (source.trust_source) as a parameter.
+    loads_keras: bool = False
 
     @property
     def kind(self) -> str:
@@ -37,12 +40,14 @@ class Impl:
 
 
 IMPLS = {impl.name: impl for impl in (
-    Impl("convert.tflite", 2, "edgebuild.steps.convert:to_tflite", TF),
-    Impl("convert.onnx", 3, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx")),
+    Impl("convert.tflite", 2, "edgebuild.steps.convert:to_tflite", TF, loads_keras=True),
+    Impl("convert.onnx", 3, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx"),
+         loads_keras=True),
     Impl("prepare.onnx", 1, "edgebuild.steps.prepare:onnx", ("onnx", "onnxruntime", "sympy")),
-    Impl("prune.tfmot", 4, "edgebuild.steps.optimize:prune", TFMOT),
-    Impl("cluster.tfmot", 2, "edgebuild.steps.optimize:cluster", TFMOT),
-    Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite", (*TF, "numpy", "pillow")),
+    Impl("prune.tfmot", 4, "edgebuild.steps.optimize:prune", TFMOT, loads_keras=True),
+    Impl("cluster.tfmot", 2, "edgebuild.steps.optimize:cluster", TFMOT, loads_keras=True),
+    Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite", (*TF, "numpy", "pillow"),
+         loads_keras=True),
     Impl("quantize.onnx", 4, "edgebuild.steps.quantize_onnx:run",
          ("onnx", "onnxruntime", "numpy", "pillow")),
     # The host's GPU and TensorRT version are in the key through `device`; heavy, since
@@ -51,7 +56,8 @@ IMPLS = {impl.name: impl for impl in (
          nondeterministic="TensorRT times candidate kernels while building, so engines built "
                           "from the same ONNX can differ", gpu=True),
     Impl("compile.edgetpu", 1, "edgebuild.steps.compile:edgetpu", (), heavy=False),
-    Impl("baseline.tf", 2, "edgebuild.steps.baseline:run_tf", (*TF, *METRICS)),
+    Impl("baseline.tf", 2, "edgebuild.steps.baseline:run_tf", (*TF, *METRICS),
+         loads_keras=True),
     Impl("baseline.onnx", 2, "edgebuild.steps.baseline:run_onnx", ("onnxruntime", *METRICS)),
     # A validation's verdict is cached like any output, passed or not: a missed budget
     # is a measurement, and re-running would measure the same.

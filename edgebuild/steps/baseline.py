@@ -17,7 +17,7 @@ def run_tf(ctx: StepContext) -> dict:
     truth = load_validation_set(ctx.inputs, ctx.params)
     ctx.progress(f"running the source model on {len(truth.x)} samples")
     names, outputs = tfc.run_source(ctx.inputs["model"], ctx.params["source_format"], truth.x,
-                                    ctx.outdir.parent)
+                                    ctx.outdir.parent, trust=tfc.step_trust(ctx))
     return _save(ctx, truth, names, outputs)
 
 

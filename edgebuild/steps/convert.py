@@ -14,7 +14,7 @@ def to_tflite(ctx: StepContext) -> dict:
 
     ctx.progress("converting to TFLite float32")
     converter = tfc.tflite_converter(ctx.inputs["model"], ctx.params["source_format"],
-                                     ctx.outdir.parent)
+                                     ctx.outdir.parent, tfc.step_trust(ctx))
     flatbuffer = _convert(converter)
     ctx.output("model", "model.tflite").write_bytes(flatbuffer)
     return {"bytes": len(flatbuffer)}
@@ -29,7 +29,8 @@ def to_onnx(ctx: StepContext) -> dict:
     ctx.progress("converting to ONNX with tf2onnx")
     source, source_format = ctx.inputs["model"], ctx.params["source_format"]
     opset, out = ctx.params["opset"], ctx.output("model", "model.onnx")
-    model = tfc.load_keras(source) if source_format == "keras" else None
+    trust = tfc.step_trust(ctx)
+    model = tfc.load_keras(source, trust) if source_format == "keras" else None
     if model is not None and tfc.is_tf_keras(model):
         spec = tuple(tf.TensorSpec((None, *i.shape[1:]), i.dtype, name=i.name.split(":")[0])
                      for i in model.inputs)
@@ -37,8 +38,8 @@ def to_onnx(ctx: StepContext) -> dict:
             tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset,
                                        output_path=str(out))
     else:
-        saved = tfc.saved_model_dir(source, source_format, ctx.outdir.parent)
-        loaded = tf.saved_model.load(str(saved))  # keep alive: it owns the variables
+        saved = tfc.saved_model_dir(source, source_format, ctx.outdir.parent, trust)
+        loaded = tfc.load_saved_model(saved)  # keep alive: it owns the variables
         signature = loaded.signatures["serving_default"]
         names = list(signature.structured_input_signature[1])
         spec = tuple(signature.structured_input_signature[1][n] for n in names)

@@ -55,13 +55,13 @@ def _start(ctx: StepContext, doing: str):
     import tf_keras
 
     from edgebuild.toolchains import tfmot
-    from edgebuild.toolchains.tf import load_keras
+    from edgebuild.toolchains.tf import load_keras, step_trust
 
     params = ctx.params
     train = params.get("train") or {}
     tf_keras.utils.set_random_seed(train.get("seed", 0))
     tf.config.experimental.enable_op_determinism()  # same inputs, same bytes
-    model = load_keras(ctx.inputs["model"])
+    model = load_keras(ctx.inputs["model"], step_trust(ctx))
     x = y = None
     if params["epochs"]:
         x, y = _training_data(ctx, train)
@@ -84,7 +84,7 @@ def _start(ctx: StepContext, doing: str):
 def _training_data(ctx: StepContext, train: dict):
     from edgebuild.data import load_labelled
     from edgebuild.errors import StepError
-    from edgebuild.toolchains.tf import run_source
+    from edgebuild.toolchains.tf import run_source, step_trust
 
     names = None
     if "labels" in ctx.inputs:
@@ -93,7 +93,8 @@ def _training_data(ctx: StepContext, train: dict):
     x, y = load_labelled(ctx.inputs["train"], train, names)
     if train["loss"] == "distill":
         # The source model's own outputs are the targets: no labels needed.
-        _, y = run_source(ctx.inputs["teacher"], "keras", x, ctx.outdir.parent)
+        _, y = run_source(ctx.inputs["teacher"], "keras", x, ctx.outdir.parent,
+                          trust=step_trust(ctx))
         y = y[0] if len(y) == 1 else y
     elif y is None:
         raise StepError(f"data.train: loss {train['loss']} needs labels, and "

@@ -23,7 +23,7 @@ def tflite(ctx: StepContext) -> dict:
     mode, io, keep_float = params["mode"], params["io"], params["keep_float"]
     ctx.progress(f"quantizing to {mode} with the TFLite converter")
     converter = tfc.tflite_converter(ctx.inputs["model"], params["source_format"],
-                                     ctx.outdir.parent)
+                                     ctx.outdir.parent, tfc.step_trust(ctx))
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     samples = ()
     if mode == "fp16":
@@ -131,11 +131,11 @@ def _check_composition(ctx: StepContext, ops, mode: str) -> dict:
     quantized kernel keeps at least the float sparsity, and no output channel holds
     more distinct values than the whole float kernel did."""
     from edgebuild.errors import StepError
-    from edgebuild.toolchains.tf import load_keras
+    from edgebuild.toolchains.tf import load_keras, step_trust
     from edgebuild.toolchains.tflite_inspect import kernel_stats
     from edgebuild.toolchains.tfmot import leaf_layers, weight_stats
 
-    model = load_keras(ctx.inputs["model"])
+    model = load_keras(ctx.inputs["model"], step_trust(ctx))
     before = weight_stats(model, [layer.name for layer in leaf_layers(model)])
     after = kernel_stats(ops, list(before))
     layers, lost = {}, []  # layers: the pruned or clustered ones, for the record

@@ -10,11 +10,17 @@ import numpy as np
 
 from edgebuild.errors import StepError, first_line
 
+FLATBUFFER_LIMIT = 2 ** 31  # bytes: flatbuffers address with 32-bit offsets
+
 
 class LiteRTModel:
     def __init__(self, path: Path, threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
+        size = path.stat().st_size
+        if size >= FLATBUFFER_LIMIT:
+            raise StepError(f"{path.name}: {size / 2 ** 30:.1f} GiB, past the 2 GiB a TFLite "
+                            "flatbuffer can address, so it is not a valid TFLite model")
         try:
             self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
             self.interpreter.allocate_tensors()

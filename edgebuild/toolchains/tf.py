@@ -9,8 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import traceback
 import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from edgebuild.recipe.model import Trust
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is tf_keras, as tfmot needs
 
@@ -27,38 +34,134 @@ def keras_flavour(path: Path) -> str:
     return "tf_keras"
 
 
-UNSAFE = ("edgebuild loads Keras models in safe mode: a model from elsewhere must not "
-          "run code it brings along")
+@dataclass(frozen=True)
+class ModelCode:
+    """Code a Keras model brings along: Lambda layers, whose Python is stored in the
+    file, and custom objects, classes and functions Keras imports by name."""
+
+    lambdas: tuple[str, ...] = ()
+    custom: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.lambdas or self.custom)
+
+    def describe(self) -> str:
+        parts = []
+        if self.lambdas:
+            parts.append(f"Lambda layer(s) {_listing(self.lambdas)} (their Python code is "
+                         "stored in the file)")
+        if self.custom:
+            parts.append(f"custom object(s) {_listing(self.custom)} (code Keras imports "
+                         "by name)")
+        return " and ".join(parts)
 
 
-def load_keras(path: Path):
-    """Load a .keras/.h5 model with the Keras that wrote it (safe mode, no custom code)."""
+def model_code(config) -> ModelCode:
+    """What code a model config (config.json of a .keras, model_config of an .h5) needs.
+    Custom objects show as a `registered_name` outside Keras's modules, which only the
+    .keras format records."""
+    lambdas, custom = [], []
+
+    def visit(node) -> None:
+        if isinstance(node, dict):
+            if node.get("class_name") == "Lambda":
+                lambdas.append(str((node.get("config") or {}).get("name", "?")))
+            registered = node.get("registered_name")
+            if isinstance(registered, str) and registered and (
+                    registered == "function" or not _from_keras(node.get("module"))):
+                name = node.get("config") if registered == "function" else registered
+                custom.append(str(name))
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    return ModelCode(tuple(dict.fromkeys(lambdas)), tuple(dict.fromkeys(custom)))
+
+
+def _from_keras(module) -> bool:
+    """Whether a config's `module` is Keras's own (built-ins such as Functional carry a
+    registered_name too; a custom object's module is its own, or None)."""
+    return isinstance(module, str) and module.split(".")[0] in ("keras", "tf_keras")
+
+
+def archive_config(path: Path):
+    """The model config of a .keras archive (a zip holding config.json); cheap."""
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(archive.read("config.json"))
+
+
+def refusal(name: str, code: ModelCode) -> str:
+    """Why a model is not loaded, and how a recipe opts in to it."""
+    return (f"{name} has {code.describe()}. edgebuild loads Keras models in safe mode, so a "
+            "model from elsewhere cannot run code it brings along. " + OPT_IN)
+
+
+OPT_IN = ("If you trust this model as you would a program, set `trust_source: true` under "
+          "`source:`, and name the module that defines its custom layers and functions "
+          "with `custom_objects: package.module` (a .py file next to the recipe, or "
+          "installed); otherwise replace them with built-in layers")
+
+
+def load_keras(path: Path, trust: Trust | None = None):
+    """Load a .keras/.h5 model with the Keras that wrote it: in safe mode, refusing any
+    code the model brings, unless the recipe trusts it."""
     from edgebuild.errors import StepError, first_line
 
-    if path.suffix != ".keras":
-        _refuse_h5_lambdas(path)  # Keras's safe mode does not cover .h5 files
+    if keras_flavour(path) == "keras3":
+        import keras
+    else:
+        import tf_keras as keras
+    code = _h5_code(path) if path.suffix != ".keras" else model_code(archive_config(path))
+    custom_objects = None
+    if trust is None:
+        if code:
+            raise StepError(refusal(path.name, code))
+        hint = f"safe mode refuses custom layers and functions. {OPT_IN}"
+    else:
+        custom_objects = _custom_objects(trust)
+        missing = [name for name in code.custom
+                   if keras.saving.get_registered_object(name, custom_objects) is None]
+        where = (f"the module '{trust.custom_objects}' does not define them"
+                 if trust.custom_objects else "no module providing them is named")
+        if missing:
+            raise StepError(f"{path.name}: needs custom object(s) {_listing(tuple(missing))}, "
+                            f"and {where}; {PROVIDE}")
+        hint = f"if it has custom layers or functions: {PROVIDE}"
     try:
-        if keras_flavour(path) == "keras3":
-            import keras
-
-            return keras.models.load_model(path, compile=False, safe_mode=True)
-        import tf_keras
-
-        return tf_keras.models.load_model(path, compile=False, safe_mode=True)
-    except (ValueError, TypeError) as exc:
-        text = str(exc)
-        if "Lambda" in text:
-            raise StepError(f"{path.name}: has a Lambda layer holding Python code ({UNSAFE}); "
-                            "replace it with a built-in layer") from None
-        if "safe_mode" in text or "Unknown" in text or "Could not locate" in text:
-            raise StepError(f"{path.name}: {first_line(exc)} ({UNSAFE}; custom objects "
-                            "are refused)") from None
-        raise
+        return keras.models.load_model(path, compile=False, safe_mode=trust is None,
+                                       custom_objects=custom_objects)
+    except (ValueError, TypeError) as exc:  # the model's config does not deserialize
+        traceback.print_exc()  # into the step's log, whole
+        reason = first_line(exc).split(". ")[0].rstrip(".")  # Keras adds generic advice
+        raise StepError(f"{path.name}: Keras cannot load it: {reason}; {hint}") from None
 
 
-def _refuse_h5_lambdas(path: Path) -> None:
-    """A Lambda layer in an .h5 file is marshalled Python bytecode that runs when the
-    model is called, and Keras loads it even in safe mode: refuse it unread."""
+PROVIDE = ("name the module that defines them with `custom_objects: package.module` under "
+           "`source:`, and define them there (or list them in its CUSTOM_OBJECTS dict)")
+
+
+def _custom_objects(trust: Trust) -> dict | None:
+    """The objects `trust.custom_objects` provides: its CUSTOM_OBJECTS dict, or every
+    class and function it defines. Importing it registers any Keras-serializable ones."""
+    if not trust.custom_objects:
+        return None
+    from edgebuild.plugins import import_module
+
+    module = import_module(trust.custom_objects, trust.module_file, "source.custom_objects")
+    explicit = getattr(module, "CUSTOM_OBJECTS", None)
+    if isinstance(explicit, dict):
+        return dict(explicit)
+    return {name: value for name, value in vars(module).items()
+            if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
+            and callable(value)}
+
+
+def _h5_code(path: Path) -> ModelCode:
+    """Lambda layers of an .h5 model, read before Keras loads it: their marshalled
+    bytecode runs when the model is called, and Keras loads it even in safe mode."""
     import h5py
 
     from edgebuild.errors import StepError
@@ -70,29 +173,24 @@ def _refuse_h5_lambdas(path: Path) -> None:
         raise StepError(f"{path.name}: not a readable HDF5 model: {exc}") from None
     if isinstance(config, bytes):
         config = config.decode("utf-8", "replace")
-    if config and _has_lambda(json.loads(config)):
-        raise StepError(f"{path.name}: has a Lambda layer, whose Python bytecode would run "
-                        f"when the model is called ({UNSAFE}); replace the Lambda with a "
-                        "built-in layer, or re-save the model as .keras")
+    return model_code(json.loads(config)) if config else ModelCode()
 
 
-def _has_lambda(node) -> bool:
-    if isinstance(node, dict):
-        return node.get("class_name") == "Lambda" or any(map(_has_lambda, node.values()))
-    if isinstance(node, list):
-        return any(map(_has_lambda, node))
-    return False
+def _listing(names: tuple[str, ...], most: int = 5) -> str:
+    shown = ", ".join(f"'{n}'" for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def is_tf_keras(model) -> bool:
     return type(model).__module__.startswith("tf_keras")
 
 
-def saved_model_dir(source: Path, source_format: str, workdir: Path) -> Path:
+def saved_model_dir(source: Path, source_format: str, workdir: Path,
+                    trust: Trust | None = None) -> Path:
     """A SavedModel folder for any TF source (exporting Keras 3 models if needed)."""
     if source_format == "saved_model":
         return source
-    model = load_keras(source)
+    model = load_keras(source, trust)
     export = workdir / "saved_model"
     if is_tf_keras(model):
         import tensorflow as tf
@@ -103,33 +201,68 @@ def saved_model_dir(source: Path, source_format: str, workdir: Path) -> Path:
     return export
 
 
-def tflite_converter(source: Path, source_format: str, workdir: Path):
+def tflite_converter(source: Path, source_format: str, workdir: Path,
+                     trust: Trust | None = None):
     import tensorflow as tf
 
     if source_format == "keras":
-        model = load_keras(source)
+        model = load_keras(source, trust)
         if is_tf_keras(model):
             return tf.lite.TFLiteConverter.from_keras_model(model)
-    return tf.lite.TFLiteConverter.from_saved_model(
-        str(saved_model_dir(source, source_format, workdir)))
+    saved = saved_model_dir(source, source_format, workdir, trust)
+    with _saved_model_errors(saved):
+        return tf.lite.TFLiteConverter.from_saved_model(str(saved))
 
 
-def run_source(source: Path, source_format: str, x, workdir: Path, batch: int = 32):
+def load_saved_model(path: Path):
+    """tf.saved_model.load; keep the result alive, since it owns the variables."""
+    import tensorflow as tf
+
+    with _saved_model_errors(path):
+        return tf.saved_model.load(str(path))
+
+
+@contextmanager
+def _saved_model_errors(path: Path):
+    """TensorFlow reports a damaged saved_model.pb as an OSError: the user's file, not
+    a crash of the step."""
+    from edgebuild.errors import StepError, first_line
+
+    try:
+        yield
+    except OSError as exc:
+        raise StepError(f"{path.name}: TensorFlow cannot load this SavedModel: "
+                        f"{first_line(exc)}") from None
+
+
+def run_source(source: Path, source_format: str, x, workdir: Path, batch: int = 32,
+               trust: Trust | None = None):
     """Outputs of the source model on `x`, as a list of arrays in the model's order."""
     import numpy as np
     import tensorflow as tf
 
     if source_format == "keras":
-        model = load_keras(source)
+        model = load_keras(source, trust)
         if is_tf_keras(model):
             parts = [model(x[i:i + batch], training=False) for i in range(0, len(x), batch)]
             names = list(model.output_names)
             parts = [p if isinstance(p, (list, tuple)) else [p] for p in parts]
             return names, [np.concatenate([np.asarray(p[i]) for p in parts])
                            for i in range(len(names))]
-    loaded = tf.saved_model.load(str(saved_model_dir(source, source_format, workdir)))
+    loaded = load_saved_model(saved_model_dir(source, source_format, workdir, trust))
     fn = loaded.signatures["serving_default"]
     arg = list(fn.structured_input_signature[1])[0]
     parts = [fn(**{arg: tf.constant(x[i:i + batch])}) for i in range(0, len(x), batch)]
     names = sorted(parts[0])
     return names, [np.concatenate([p[n].numpy() for p in parts]) for n in names]
+
+
+def step_trust(ctx) -> Trust | None:
+    """The recipe's trust in the model a step loads (see chain: steps that load Keras
+    models get it as a parameter, and the custom-objects module as an input)."""
+    from edgebuild.recipe.model import Trust
+
+    spec = ctx.params.get("trust_source")
+    if spec is None:
+        return None
+    return Trust(spec.get("custom_objects"), ctx.inputs.get("custom_objects"))
