@@ -265,7 +265,7 @@ def test_trusted_loads_name_what_the_module_lacks(tmp_path, monkeypatch):
 
 def test_built_in_objects_are_not_taken_for_custom_code(tmp_path):
     # Keras records a registered_name for some of its own classes (Functional) too.
-    from edgebuild.toolchains.tf import archive_config, model_code
+    from edgebuild.toolchains.keras_files import archive_config, model_code
 
     repo = Path(__file__).resolve().parents[1]
     assert not model_code(archive_config(repo / "models" / "detector.keras"))

@@ -455,7 +455,7 @@ class _Resolver:
     def _refuse_code(self, path: Path) -> None:
         """A .keras model that brings code is refused before anything runs (its config
         is a small JSON file; .h5 configs need h5py, so their steps check them)."""
-        from edgebuild.toolchains.tf import archive_config, model_code, refusal
+        from edgebuild.toolchains.keras_files import archive_config, model_code, refusal
 
         try:
             code = model_code(archive_config(path))
@@ -614,7 +614,7 @@ def _infer_format(path: Path) -> str | None:
 
 
 def _keras_flavour(path: Path) -> str:
-    from edgebuild.toolchains.tf import keras_flavour  # reads file metadata, no TensorFlow
+    from edgebuild.toolchains.keras_files import keras_flavour
 
     return keras_flavour(path) if path.is_file() else "none"
 

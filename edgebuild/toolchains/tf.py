@@ -7,102 +7,24 @@ through a SavedModel, which every converter accepts.
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
-import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from edgebuild.toolchains.keras_files import (
+    OPT_IN,
+    keras_flavour,
+    listing,
+    model_file_code,
+    refusal,
+)
 
 if TYPE_CHECKING:
     from edgebuild.recipe.model import Trust
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is tf_keras, as tfmot needs
-
-
-def keras_flavour(path: Path) -> str:
-    """'keras3' or 'tf_keras', from the file itself."""
-    if path.suffix == ".keras" and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            try:
-                version = json.loads(archive.read("metadata.json")).get("keras_version", "")
-            except KeyError:
-                version = ""
-        return "keras3" if version.startswith("3.") else "tf_keras"
-    return "tf_keras"
-
-
-@dataclass(frozen=True)
-class ModelCode:
-    """Code a Keras model brings along: Lambda layers, whose Python is stored in the
-    file, and custom objects, classes and functions Keras imports by name."""
-
-    lambdas: tuple[str, ...] = ()
-    custom: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.lambdas or self.custom)
-
-    def describe(self) -> str:
-        parts = []
-        if self.lambdas:
-            parts.append(f"Lambda layer(s) {_listing(self.lambdas)} (their Python code is "
-                         "stored in the file)")
-        if self.custom:
-            parts.append(f"custom object(s) {_listing(self.custom)} (code Keras imports "
-                         "by name)")
-        return " and ".join(parts)
-
-
-def model_code(config) -> ModelCode:
-    """What code a model config (config.json of a .keras, model_config of an .h5) needs.
-    Custom objects show as a `registered_name` outside Keras's modules, which only the
-    .keras format records."""
-    lambdas, custom = [], []
-
-    def visit(node) -> None:
-        if isinstance(node, dict):
-            if node.get("class_name") == "Lambda":
-                lambdas.append(str((node.get("config") or {}).get("name", "?")))
-            registered = node.get("registered_name")
-            if isinstance(registered, str) and registered and (
-                    registered == "function" or not _from_keras(node.get("module"))):
-                name = node.get("config") if registered == "function" else registered
-                custom.append(str(name))
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(config)
-    return ModelCode(tuple(dict.fromkeys(lambdas)), tuple(dict.fromkeys(custom)))
-
-
-def _from_keras(module) -> bool:
-    """Whether a config's `module` is Keras's own (built-ins such as Functional carry a
-    registered_name too; a custom object's module is its own, or None)."""
-    return isinstance(module, str) and module.split(".")[0] in ("keras", "tf_keras")
-
-
-def archive_config(path: Path):
-    """The model config of a .keras archive (a zip holding config.json); cheap."""
-    with zipfile.ZipFile(path) as archive:
-        return json.loads(archive.read("config.json"))
-
-
-def refusal(name: str, code: ModelCode) -> str:
-    """Why a model is not loaded, and how a recipe opts in to it."""
-    return (f"{name} has {code.describe()}. edgebuild loads Keras models in safe mode, so a "
-            "model from elsewhere cannot run code it brings along. " + OPT_IN)
-
-
-OPT_IN = ("If you trust this model as you would a program, set `trust_source: true` under "
-          "`source:`, and name the module that defines its custom layers and functions "
-          "with `custom_objects: package.module` (a .py file next to the recipe, or "
-          "installed); otherwise replace them with built-in layers")
 
 
 def load_keras(path: Path, trust: Trust | None = None):
@@ -114,7 +36,7 @@ def load_keras(path: Path, trust: Trust | None = None):
         import keras
     else:
         import tf_keras as keras
-    code = _h5_code(path) if path.suffix != ".keras" else model_code(archive_config(path))
+    code = model_file_code(path)
     custom_objects = None
     if trust is None:
         if code:
@@ -127,7 +49,7 @@ def load_keras(path: Path, trust: Trust | None = None):
         where = (f"the module '{trust.custom_objects}' does not define them"
                  if trust.custom_objects else "no module providing them is named")
         if missing:
-            raise StepError(f"{path.name}: needs custom object(s) {_listing(tuple(missing))}, "
+            raise StepError(f"{path.name}: needs custom object(s) {listing(tuple(missing))}, "
                             f"and {where}; {PROVIDE}")
         hint = f"if it has custom layers or functions: {PROVIDE}"
     try:
@@ -157,28 +79,6 @@ def _custom_objects(trust: Trust) -> dict | None:
     return {name: value for name, value in vars(module).items()
             if not name.startswith("_") and getattr(value, "__module__", None) == module.__name__
             and callable(value)}
-
-
-def _h5_code(path: Path) -> ModelCode:
-    """Lambda layers of an .h5 model, read before Keras loads it: their marshalled
-    bytecode runs when the model is called, and Keras loads it even in safe mode."""
-    import h5py
-
-    from edgebuild.errors import StepError
-
-    try:
-        with h5py.File(path, "r") as handle:
-            config = handle.attrs.get("model_config")
-    except OSError as exc:
-        raise StepError(f"{path.name}: not a readable HDF5 model: {exc}") from None
-    if isinstance(config, bytes):
-        config = config.decode("utf-8", "replace")
-    return model_code(json.loads(config)) if config else ModelCode()
-
-
-def _listing(names: tuple[str, ...], most: int = 5) -> str:
-    shown = ", ".join(f"'{n}'" for n in names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def is_tf_keras(model) -> bool:
