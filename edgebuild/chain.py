@@ -186,13 +186,14 @@ def _convert_node(recipe: Recipe, target: Target, keras: tuple[str, str] | None 
         deps["model"] = keras
         params["source_format"] = "keras"
     else:
-        files["model"] = recipe.source.path
+        files.update(recipe.source.files())
     if target.format == "tflite":  # the loader has ruled out ONNX sources here
         params.pop("opset")
         return Node("convert.tflite", params, files=files, deps=deps)
     if params["source_format"] == "onnx":
         # Checked, upgraded where needed, shapes fixed: see steps/prepare.py.
-        return Node("prepare.onnx", {"input_shapes": recipe.source.input_shapes}, files=files)
+        params = {"input_shapes": recipe.source.input_shapes, **_external_data(recipe)}
+        return Node("prepare.onnx", params, files=files)
     return Node("convert.onnx", params, files=files, deps=deps)
 
 
@@ -210,8 +211,9 @@ def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tupl
     # all targets.
     source_runtime = "onnx" if recipe.source.format == "onnx" else "tf"
     baseline = Node(f"baseline.{source_runtime}", {"data": data, **task,
-                                            "source_format": recipe.source.format},
-                    files={**files, "model": recipe.source.path})
+                                            "source_format": recipe.source.format,
+                                            **_external_data(recipe)},
+                    files={**files, **recipe.source.files()})
     baseline_id = _add(graph, recipe, baseline, target.name)
     params = {**target.steps["validate"].to_dict(), "data": data, **task,
               "budget": target.budget.to_dict(), "rung": rung}
@@ -221,6 +223,13 @@ def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tupl
         deps["float"] = (float_id, "model")
     return _add(graph, recipe, Node(f"validate.{variant or target.format}", params, deps=deps,
                           files=files, device=device or {}), target.name)
+
+
+def _external_data(recipe: Recipe) -> dict:
+    """Where an ONNX source's weights live beside it, for the steps to stage them;
+    nothing for a model that holds its own (so its keys stay as they were)."""
+    external = recipe.source.external_data
+    return {"external_data": list(external)} if external else {}
 
 
 def _data_params(recipe: Recipe, dataset) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -272,3 +273,91 @@ def test_built_in_objects_are_not_taken_for_custom_code(tmp_path):
     code = model_code(archive_config(model_with_code(tmp_path, "custom.keras",
                                                      tmp_path / "marker", custom=True)))
     assert code.custom == ("Scale",) and len(code.lambdas) == 1
+
+
+def onnx_with_external_data(folder: Path, location: str = "weights.bin") -> Path:
+    """A tiny ONNX classifier (mean colour -> MatMul -> Softmax) whose weights live in
+    `location`, as onnx.save(..., save_as_external_data=True) leaves big models."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = numpy_helper.from_array(
+        np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2], keepdims=0),
+         helper.make_node("MatMul", ["mean", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"])],
+        "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 16, 16, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 4])], [weights])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                              ir_version=8)
+    path = folder / "external.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location=location,
+              size_threshold=0)
+    return path
+
+
+ONNX_TARGET = TINY_RECIPE.replace("{path: model/tiny.keras}", "{path: external.onnx}").replace(
+    "  rpi4: {device: rpi4}\n  pixel: {device: android-gpu}\n", "  x86: {device: x86-cpu}\n")
+
+
+def test_onnx_external_data_is_a_step_input(tiny):
+    # Weights beside the model are part of it: changing only them must rebuild.
+    onnx_with_external_data(tiny.root)
+    tiny.recipe.write_text(ONNX_TARGET)
+    built = tiny.build()
+    assert {s["status"] for s in built["step_list"]} == {"executed"}
+    data = tiny.root / "weights.bin"
+    changed = bytearray(data.read_bytes())
+    changed[0] ^= 1
+    data.write_bytes(bytes(changed))
+    code, plan = tiny.run("plan")
+    assert code == 0
+    stale = {s["kind"]: [r.get("field") for r in s["reasons"]] for s in plan["step_list"]
+             if s["status"] == "run"}
+    assert stale["prepare"] == ["inputs.external_data.0"], stale
+    assert stale["baseline"] == ["inputs.external_data.0"], stale
+
+
+@pytest.mark.parametrize("location, message", [
+    ("../outside.bin", "'../outside.bin' is not a relative path inside the model's folder"),
+    ("missing.bin", "'missing.bin' does not exist beside it"),
+])
+def test_onnx_external_data_must_stay_beside_the_model(tiny, location, message):
+    import onnx
+
+    path = onnx_with_external_data(tiny.root)
+    model = onnx.load(str(path), load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    path.write_bytes(model.SerializeToString())
+    tiny.recipe.write_text(ONNX_TARGET)
+    code, _ = tiny.run("plan")
+    assert code == 2
+    assert "source.path" in tiny.last_stderr and message in tiny.last_stderr, tiny.last_stderr
+
+
+def test_external_data_materialized_apart_is_staged_beside_the_model(tmp_path):
+    # On a Dask worker, inputs arrive from the cache, each in its own folder.
+    import onnx
+
+    from edgebuild.toolchains.onnx_files import external_data, source_model
+    from edgebuild.worker import StepContext
+
+    (tmp_path / "data").mkdir()
+    path = onnx_with_external_data(tmp_path, "data/weights.bin")
+    assert external_data(path) == ["data/weights.bin"]
+    apart = {"model": tmp_path / "in" / "model" / "external.onnx",
+             "external_data.0": tmp_path / "in" / "external_data.0" / "weights.bin"}
+    for name, target in apart.items():
+        target.parent.mkdir(parents=True)
+        shutil.copyfile(path if name == "model" else tmp_path / "data" / "weights.bin", target)
+    ctx = StepContext(params={"external_data": ["data/weights.bin"]}, inputs=apart,
+                      outdir=tmp_path / "work" / "out", device={})
+    staged = source_model(ctx)
+    assert staged.parent == tmp_path / "work" / "source"
+    onnx.checker.check_model(onnx.load(str(staged)))
+    ctx.params = {}
+    assert source_model(ctx) == apart["model"]  # a model without external data

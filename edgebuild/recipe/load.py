@@ -425,11 +425,27 @@ class _Resolver:
         if shapes and fmt != "onnx":
             self.complain(("source", "input_shapes"), "input_shapes fixes dynamic dimensions of "
                           "ONNX sources; Keras and SavedModel sources declare their own shapes")
+        external = self._external_data(path) if fmt == "onnx" and not problem else ()
         trust = self._trust(spec, fmt)
         if trust is None and path and fmt == "keras" and path.suffix == ".keras" and not problem:
             self._refuse_code(path)
         return Source(path=path or Path(spec["path"]), format=fmt or "unknown",
-                      input_shapes=shapes, trust=trust)
+                      input_shapes=shapes, trust=trust, external_data=external)
+
+    def _external_data(self, path: Path) -> tuple[str, ...]:
+        """Files an ONNX model keeps its weights in: inputs, so editing them rebuilds."""
+        from edgebuild.toolchains.onnx_files import external_data, location_problem
+
+        locations = external_data(path)
+        for location in locations:
+            problem = location_problem(location) or (
+                None if (path.parent / location).is_file() else
+                f"'{location}' does not exist beside it")
+            if problem:
+                self.complain(("source", "path"), f"'{path.name}' keeps weights in external "
+                              f"data, and {problem}; save the model again with its data "
+                              "beside it (onnx.save(..., save_as_external_data=True))")
+        return tuple(locations)
 
     def _trust(self, spec: dict, fmt: str | None) -> Trust | None:
         """source.trust_source and the module it names (imported only by the steps)."""

@@ -75,6 +75,14 @@ class Source:
     format: str  # keras | saved_model | onnx
     input_shapes: dict[str, list[int]] = field(default_factory=dict)  # ONNX: fixed dims
     trust: Trust | None = None  # None: safe mode, no code from the model runs
+    # ONNX: files beside the model holding its weights (save_as_external_data), by the
+    # location its tensors name.
+    external_data: tuple[str, ...] = ()
+
+    def files(self) -> dict[str, Path]:
+        """The source as step inputs: the model, and any external data it names."""
+        return {"model": self.path, **{f"external_data.{i}": self.path.parent / location
+                                       for i, location in enumerate(self.external_data)}}
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,11 @@ def run_tf(ctx: StepContext) -> dict:
 
 def run_onnx(ctx: StepContext) -> dict:
     from edgebuild.evaluation import load_validation_set
+    from edgebuild.toolchains.onnx_files import source_model
     from edgebuild.toolchains.runtimes import OnnxModel
 
     truth = load_validation_set(ctx.inputs, ctx.params)
-    model = OnnxModel(ctx.inputs["model"])
+    model = OnnxModel(source_model(ctx))
     per_sample = []
     for i, sample in enumerate(truth.x):
         per_sample.append(model(sample))

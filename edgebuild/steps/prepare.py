@@ -16,9 +16,10 @@ from edgebuild.worker import StepContext
 
 def onnx(ctx: StepContext) -> dict:
     from edgebuild.toolchains import onnx_tools as tools
+    from edgebuild.toolchains.onnx_files import source_model
 
     ctx.progress("preparing the ONNX model")
-    source = ctx.inputs["model"]
+    source = source_model(ctx)
     model = tools.load_checked(source)
     facts = {"source_opset": tools.opset_of(model), "source_nodes": len(model.graph.node)}
     dropped = tools.drop_initializer_inputs(model)
