@@ -26,6 +26,13 @@ def damaged(root: Path, kind: str) -> str:
 
         with zipfile.ZipFile(root / kind, "w") as archive:
             archive.writestr("weights.h5", b"x")
+    elif kind == "bad-crc.keras":  # a flipped byte inside the archive's config.json
+        import zipfile
+
+        data = bytearray(good)
+        info = zipfile.ZipFile(root / "model" / "tiny.keras").getinfo("config.json")
+        data[info.header_offset + 30 + len(info.filename) + len(info.extra) + 5] ^= 0xFF
+        (root / kind).write_bytes(bytes(data))
     elif kind == "random.h5":
         (root / kind).write_bytes(os.urandom(4096))
     elif kind == "empty.onnx":
@@ -52,6 +59,7 @@ def sparse(path: Path, size: int) -> None:
 @pytest.mark.parametrize("kind, message", [
     ("truncated.keras", "is not a .keras archive (no zip directory: truncated"),
     ("zip-without-config.keras", "a zip file without config.json"),
+    ("bad-crc.keras", "'bad-crc.keras' is damaged: its config.json cannot be read (Bad CRC-32"),
     ("random.h5", "is not an HDF5 file"),
     ("empty.onnx", "'empty.onnx' is empty"),
     ("not-a-savedmodel", "has no saved_model.pb"),

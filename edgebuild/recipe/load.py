@@ -473,10 +473,7 @@ class _Resolver:
         is a small JSON file; .h5 configs need h5py, so their steps check them)."""
         from edgebuild.toolchains.keras_files import archive_config, model_code, refusal
 
-        try:
-            code = model_code(archive_config(path))
-        except (OSError, ValueError):  # unreadable JSON: the step's loader will say
-            return
+        code = model_code(archive_config(path))  # readable: _source_problem checked it
         if code:
             self.complain(("source", "path"), refusal(f"'{path.name}'", code))
 
@@ -506,6 +503,7 @@ def _source_problem(path: Path, fmt: str) -> str | None:
     """What is plainly wrong with a source file, found without loading it (a model
     may come from anywhere; toolchains give poor messages for damaged files)."""
     import zipfile
+    import zlib
 
     name = path.name
     if fmt == "saved_model":
@@ -535,6 +533,12 @@ def _source_problem(path: Path, fmt: str) -> str | None:
         with zipfile.ZipFile(path) as archive:
             if "config.json" not in archive.namelist():
                 return f"'{name}' is a zip file without config.json, not a .keras model"
+        from edgebuild.toolchains.keras_files import archive_config
+
+        try:
+            archive_config(path)  # read and checked (CRC) in full: it is small
+        except (zipfile.BadZipFile, zlib.error, ValueError) as exc:
+            return f"'{name}' is damaged: its config.json cannot be read ({exc})"
     elif fmt == "keras":  # .h5: HDF5, whose signature may follow a user block
         with open(path, "rb") as handle:
             head = handle.read(2056)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import traceback
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +61,10 @@ def load_keras(path: Path, trust: Trust | None = None):
         traceback.print_exc()  # into the step's log, whole
         reason = first_line(exc).split(". ")[0].rstrip(".")  # Keras adds generic advice
         raise StepError(f"{path.name}: Keras cannot load it: {reason}; {hint}") from None
+    except (OSError, zipfile.BadZipFile, zlib.error) as exc:  # damaged weights
+        traceback.print_exc()
+        raise StepError(f"{path.name}: Keras cannot load it, the file is damaged: "
+                        f"{first_line(exc)}") from None
 
 
 PROVIDE = ("name the module that defines them with `custom_objects: package.module` under "
