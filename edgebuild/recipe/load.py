@@ -471,9 +471,17 @@ class _Resolver:
     def _refuse_code(self, path: Path) -> None:
         """A .keras model that brings code is refused before anything runs (its config
         is a small JSON file; .h5 configs need h5py, so their steps check them)."""
+        import zipfile
+        import zlib
+
         from edgebuild.toolchains.keras_files import archive_config, model_code, refusal
 
-        code = model_code(archive_config(path))  # readable: _source_problem checked it
+        try:
+            code = model_code(archive_config(path))  # read and CRC-checked in full
+        except (zipfile.BadZipFile, zlib.error, ValueError) as exc:
+            self.complain(("source", "path"), f"'{path.name}' is damaged: its config.json "
+                          f"cannot be read ({exc})")
+            return
         if code:
             self.complain(("source", "path"), refusal(f"'{path.name}'", code))
 
@@ -503,7 +511,6 @@ def _source_problem(path: Path, fmt: str) -> str | None:
     """What is plainly wrong with a source file, found without loading it (a model
     may come from anywhere; toolchains give poor messages for damaged files)."""
     import zipfile
-    import zlib
 
     name = path.name
     if fmt == "saved_model":
@@ -533,12 +540,6 @@ def _source_problem(path: Path, fmt: str) -> str | None:
         with zipfile.ZipFile(path) as archive:
             if "config.json" not in archive.namelist():
                 return f"'{name}' is a zip file without config.json, not a .keras model"
-        from edgebuild.toolchains.keras_files import archive_config
-
-        try:
-            archive_config(path)  # read and checked (CRC) in full: it is small
-        except (zipfile.BadZipFile, zlib.error, ValueError) as exc:
-            return f"'{name}' is damaged: its config.json cannot be read ({exc})"
     elif fmt == "keras":  # .h5: HDF5, whose signature may follow a user block
         with open(path, "rb") as handle:
             head = handle.read(2056)
