@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -162,7 +163,10 @@ def billion_laughs(levels: int, width: int) -> str:
 @pytest.mark.parametrize("text, message", [
     (billion_laughs(9, 9), "an alias bomb?"),
     (billion_laughs(30, 2), "an alias bomb?"),
-    ("a: " + "[" * 5000 + "]" * 5000, "nested deeper than"),
+    # Deep nesting: edgebuild's own limit (32) below PyYAML's; far past it, PyYAML
+    # (6.0.4 and newer) stops first, in its own words. Either way: exit 2, located.
+    ("a: " + "[" * 100 + "]" * 100, "nested deeper than"),
+    ("a: " + "[" * 5000 + "]" * 5000, re.compile(r":1:\d+: .*nest")),
     ("name: x\n" + "# padding\n" * 120_000, "larger than"),
     ("targets: {a: 1, a: 2}\n", "duplicate key"),
     ("name: !!python/object/apply:os.system ['true']\n", "is not allowed: recipes are plain"),
@@ -174,7 +178,8 @@ def billion_laughs(levels: int, width: int) -> str:
 ])
 def test_hostile_yaml_is_refused_fast(folder, text, message):
     code, err = run_plan(folder, text)
-    assert code == 2 and message in err, err
+    found = message.search(err) if isinstance(message, re.Pattern) else message in err
+    assert code == 2 and found, err
 
 
 def test_fuzz_figures():
