@@ -348,9 +348,15 @@ def explain(project: Project, step_ref: str) -> tuple[StepState, dict | None, li
     """Compare a step's key document now with the last build recorded in the lock."""
     target, _, kind = step_ref.partition(":")
     chain = project.graph.target_chains.get(target)
-    if chain is None or not kind:
-        raise UsageError(f"name a step as TARGET:KIND, e.g. {next(iter(project.recipe.targets))}"
-                         ":convert (targets: {', '.join(project.recipe.targets)})")
+    if chain is None:
+        how = ("" if kind else "; name a step as TARGET:KIND, e.g. "
+               f"{next(iter(project.recipe.targets))}:convert")
+        raise UsageError(f"{project.recipe.name}: no target named '{target}' (targets: "
+                         f"{', '.join(project.recipe.targets)}){how}")
+    if not kind:
+        kinds = ", ".join(dict.fromkeys(project.graph.nodes[i].kind for i in chain))
+        raise UsageError(f"name a step as TARGET:KIND, e.g. {target}:convert (the steps of "
+                         f"'{target}': {kinds})")
     matches = [project.graph.nodes[i] for i in chain
                if kind in (project.graph.nodes[i].kind, project.graph.nodes[i].impl_name)]
     if not matches:
