@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from contextlib import contextmanager
 
@@ -107,19 +108,33 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except EdgebuildError as exc:
         print(f"edgebuild: {exc}" if "\n" not in str(exc) else str(exc), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("edgebuild: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `edgebuild plan ... | head`: the reader has had enough
+        _discard_stdout()
+        return 0
     except OSError as exc:  # the machine, not the user: a full disk, a read-only folder
         print(f"edgebuild: {exc}", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # e.g. `edgebuild plan ... | head`
-        sys.stderr.close()
-        return 0
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, or Python's flush at exit meets the closed pipe again
+    and prints "Exception ignored ... BrokenPipeError" (the docs' "Note on SIGPIPE")."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # redirected in-process: nothing to do
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def _shard(text: str) -> tuple[int, int]:

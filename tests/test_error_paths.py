@@ -3,6 +3,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import pytest
+
 from edgebuild.cli import main
 
 
@@ -28,3 +34,21 @@ def test_explain_names_an_unknown_target_and_lists_the_targets(tiny, capsys):
     assert "name a step as TARGET:KIND, e.g. pixel:convert (the steps of 'pixel': " \
            "convert, quantize, baseline, validate, bundle)" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["plan", "--json"], ["devices"]])
+def test_a_reader_that_closes_the_pipe_early_is_no_error(tiny, command):
+    """`edgebuild plan --json RECIPE | head -1`: the reader has gone before edgebuild
+    writes, so every write meets a closed pipe (and so does Python's flush at exit)."""
+    read_end, write_end = os.pipe()
+    reader = subprocess.Popen([sys.executable, "-c", "pass"], stdin=read_end)
+    os.close(read_end)
+    assert reader.wait(timeout=60) == 0  # the pipe now has no reader at all
+    args = [*command, str(tiny.recipe), *tiny.args()] if command[0] == "plan" else command
+    proc = subprocess.run([sys.executable, "-m", "edgebuild", *args], cwd=tiny.root,
+                          stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(write_end)
+    assert proc.returncode == 0, proc.stderr
+    assert "Broken pipe" not in proc.stderr and "BrokenPipeError" not in proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
+    assert proc.stderr == ""
