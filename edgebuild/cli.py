@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     jobs = argparse.ArgumentParser(add_help=False)
-    jobs.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+    jobs.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
                       help="run up to N independent steps at once (default: 1, or the "
                            "Dask cluster's threads)")
     cluster = argparse.ArgumentParser(add_help=False)
@@ -135,6 +135,17 @@ def _discard_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
+
+
+def _jobs(text: str) -> int:
+    try:
+        jobs = int(text)
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number of 1 or more "
+                                         "(how many steps run at once)")
+    return jobs
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -232,6 +243,8 @@ def _print_summary(report) -> None:
             print(f"  {'':<16} deferred: {target['deferred']}")
         if target.get("message"):
             print(f"  {'':<16} {target['message']}")
+        if target.get("slower"):
+            print(f"  {'':<16} {slower_text(target['slower'])}")
     print(f"{report.recipe}: {counts['total']} steps: {counts['cached']} cached, "
           f"{counts['executed']} executed, {counts['failed']} failed{extra} "
           f"({report.seconds:.1f}s)")
@@ -250,6 +263,13 @@ def _print_summary(report) -> None:
     for name, target in report.targets.items():
         if target["status"] != "failed" and len(target.get("fallback", {}).get("tried", [])) > 1:
             print(f"  {name}: {target['fallback']['reason']}")
+
+
+def slower_text(slower: dict) -> str:
+    """An artifact slower than its float artifact, said out loud (host timings)."""
+    why = f"; {slower['why']}" if slower.get("why") else ""
+    return (f"slower than float on this host: {slower['speedup']:.2f}x ({slower['note']})"
+            f"{why}")
 
 
 def _print_remote(remote: dict) -> None:

@@ -52,3 +52,14 @@ def test_a_reader_that_closes_the_pipe_early_is_no_error(tiny, command):
     assert "Broken pipe" not in proc.stderr and "BrokenPipeError" not in proc.stderr
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr
     assert proc.stderr == ""
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "two"])
+@pytest.mark.parametrize("command", [["all"], ["build", "--target", "rpi4"]])
+def test_jobs_must_be_one_or_more(tiny, capsys, command, jobs):
+    with pytest.raises(SystemExit) as exit_:
+        main([command[0], str(tiny.recipe), *command[1:], "-j", jobs, *tiny.args()])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument -j/--jobs: '{jobs}' is not a whole number of 1 or more" in err, err
+    assert not tiny.cache.exists()  # refused before anything was opened
