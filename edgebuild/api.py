@@ -16,6 +16,7 @@ from edgebuild.cache import Cache, CorruptBlob, RecipeMemo
 from edgebuild.chain import compile_recipe
 from edgebuild.console import Console
 from edgebuild.errors import UsageError
+from edgebuild.fsutil import folder_problem
 from edgebuild.graph import Graph
 from edgebuild.lockfile import lock_keys, previous_steps, read_lock, step_record, write_lock
 from edgebuild.plan import Reason, Resolver, StepState, diff_docs, gate_of, rejected
@@ -45,6 +46,10 @@ class Settings:
         from edgebuild.config import resolve
 
         config = resolve(remote_cache, remote_readonly, scheduler)
+        if not cache_dir and os.environ.get("EDGEBUILD_CACHE"):
+            problem = folder_problem(Path(os.environ["EDGEBUILD_CACHE"]))
+            if problem:
+                raise UsageError(f"$EDGEBUILD_CACHE: {problem}")
         return cls(cache_dir=Path(cache_dir or os.environ.get("EDGEBUILD_CACHE") or "cache"),
                    dist_dir=Path(dist_dir or "dist"), jobs=jobs,
                    require_engines=require_engines, remote_cache=config.remote_cache,

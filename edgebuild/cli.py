@@ -35,9 +35,10 @@ exit status: 0 success, 1 build or validation failure, 2 usage or recipe error
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--cache-dir", metavar="DIR",
+    common.add_argument("--cache-dir", metavar="DIR", type=_folder,
                         help="artifact cache (default: $EDGEBUILD_CACHE or ./cache)")
-    common.add_argument("--dist", metavar="DIR", help="where bundles go (default: ./dist)")
+    common.add_argument("--dist", metavar="DIR", type=_folder,
+                        help="where bundles go (default: ./dist)")
     common.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout instead of text")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -135,6 +136,17 @@ def _discard_stdout() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     os.close(devnull)
+
+
+def _folder(text: str) -> str:
+    from pathlib import Path
+
+    from edgebuild.fsutil import folder_problem
+
+    problem = folder_problem(Path(text))
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
 
 
 def _jobs(text: str) -> int:

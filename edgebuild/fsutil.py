@@ -25,6 +25,17 @@ def pretty_json(value: object) -> bytes:
             + "\n").encode()
 
 
+def folder_problem(path: Path) -> str | None:
+    """Why `path` cannot be a folder edgebuild writes into (it, or a folder it would be
+    made in, is a file), or None. Said up front: mkdir's ENOTDIR names neither."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing is None or existing.is_dir():
+        return None
+    if existing == path:
+        return f"'{path}' is a file, not a folder"
+    return f"'{path}' cannot be a folder: '{existing}' is a file"
+
+
 def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """Write to a temporary file beside the target, fsync, then rename over it, so a
     reader sees the old file or the new one, never half of one."""

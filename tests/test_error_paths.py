@@ -63,3 +63,27 @@ def test_jobs_must_be_one_or_more(tiny, capsys, command, jobs):
     err = capsys.readouterr().err
     assert f"argument -j/--jobs: '{jobs}' is not a whole number of 1 or more" in err, err
     assert not tiny.cache.exists()  # refused before anything was opened
+
+
+@pytest.mark.parametrize("flag", ["--cache-dir", "--dist"])
+@pytest.mark.parametrize("command", ["plan", "all"])
+def test_cache_and_dist_that_are_files_are_usage_errors(tiny, capsys, flag, command):
+    a_file = tiny.root / "labels.txt"
+    for path, message in ((a_file, f"'{a_file}' is a file, not a folder"),
+                          (a_file / "sub", f"'{a_file / 'sub'}' cannot be a folder: "
+                                           f"'{a_file}' is a file")):
+        argv = [command, str(tiny.recipe), *tiny.args(), flag, str(path)]  # the last wins
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument {flag}: {message}" in err, err
+        assert "Errno" not in err and "Traceback" not in err
+
+
+def test_a_cache_named_by_the_environment_that_is_a_file_is_a_usage_error(
+        tiny, capsys, monkeypatch):
+    monkeypatch.setenv("EDGEBUILD_CACHE", str(tiny.root / "labels.txt"))
+    code, _, err = run(["plan", str(tiny.recipe), "--dist", str(tiny.dist)], capsys)
+    assert code == 2
+    assert f"$EDGEBUILD_CACHE: '{tiny.root / 'labels.txt'}' is a file, not a folder" in err
