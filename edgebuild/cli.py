@@ -26,7 +26,7 @@ examples:
   edgebuild gc --dry-run
   edgebuild verify dist/detector/rpi4 dist/detector/rpi4.tar.gz
   edgebuild all recipes/detector.yaml --remote-cache s3://bucket/edgebuild --shard 1/3
-  edgebuild all recipes/detector.yaml --remote-cache s3://bucket/edgebuild \
+  edgebuild all recipes/detector.yaml --remote-cache s3://bucket/edgebuild \\
       --scheduler tcp://scheduler:8786
 
 exit status: 0 success, 1 build or validation failure, 2 usage or recipe error

@@ -87,3 +87,12 @@ def test_a_cache_named_by_the_environment_that_is_a_file_is_a_usage_error(
     code, _, err = run(["plan", str(tiny.recipe), "--dist", str(tiny.dist)], capsys)
     assert code == 2
     assert f"$EDGEBUILD_CACHE: '{tiny.root / 'labels.txt'}' is a file, not a folder" in err
+
+
+def test_help_shows_the_line_continuation_of_its_last_example(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "--remote-cache s3://bucket/edgebuild \\\n      --scheduler tcp://scheduler:8786\n" \
+        in out, out
