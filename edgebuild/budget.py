@@ -7,6 +7,7 @@ and by how much, so the CLI, the report and the manifest can all show it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 
 @dataclass
@@ -17,6 +18,9 @@ class Measured:
     metric_label: str = ""
     value: float | None = None         # the artifact's metric (fraction)
     baseline: float | None = None      # the float source's metric (fraction)
+    # With `samples`, value and baseline are counts of samples over `samples` (top-1,
+    # top-5), and drops are compared as whole samples: 4 images in 800 is 0.5 points.
+    samples: int | None = None
     fidelity: list[dict] = field(default_factory=list)  # per output: cosine, snr_db
     agreement: float | None = None
     agreement_label: str = "agreement"
@@ -35,19 +39,29 @@ class Check:
         return not self.misses
 
 
+def drop(value: float, baseline: float, samples: int | None = None) -> Fraction | float:
+    """How far `value` fell below `baseline` (fractions). Counts over `samples` give an
+    exact fraction, so that a drop of exactly a limit is not a hair above it."""
+    if samples:
+        return Fraction(round(baseline * samples) - round(value * samples), samples)
+    return baseline - value
+
+
 def check(budget: dict, m: Measured) -> Check:
     result = Check()
 
-    def at_most(key: str, what: str, actual: float | None, unit: str, scale: float = 1.0):
+    def at_most(key: str, what: str, actual, unit: str, scale: float = 1.0):
         _compare(result, budget, key, what, actual, unit, scale, above=True)
 
-    def at_least(key: str, what: str, actual: float | None, unit: str, scale: float = 1.0):
+    def at_least(key: str, what: str, actual, unit: str, scale: float = 1.0):
         _compare(result, budget, key, what, actual, unit, scale, above=False)
 
-    drop = None if m.value is None or m.baseline is None else m.baseline - m.value
-    at_most("max_drop_points", f"{m.metric_label} drop", drop, "points", 100.0)
-    relative = drop / m.baseline if drop is not None and m.baseline else None
-    at_most("max_drop_percent", f"{m.metric_label} relative drop", relative, "%", 100.0)
+    fell = None if m.value is None or m.baseline is None else drop(m.value, m.baseline,
+                                                                   m.samples)
+    at_most("max_drop_points", f"{m.metric_label} drop", fell, "points", 100)
+    relative = fell / (Fraction(round(m.baseline * m.samples), m.samples) if m.samples
+                       else m.baseline) if fell is not None and m.baseline else None
+    at_most("max_drop_percent", f"{m.metric_label} relative drop", relative, "%", 100)
     for output in m.fidelity:
         at_least("min_cosine", f"output {output['output']} cosine", output["cosine"], "")
         snr = output["snr_db"] if output["snr_db"] is not None else float("inf")
@@ -62,37 +76,51 @@ def check(budget: dict, m: Measured) -> Check:
     return result
 
 
-def _compare(result: Check, budget: dict, key: str, what: str, actual: float | None,
-             unit: str, scale: float, above: bool) -> None:
+def _compare(result: Check, budget: dict, key: str, what: str, actual, unit: str,
+             scale: float, above: bool) -> None:
     limit = budget.get(key)
     if limit is None:
         return
     if actual is None:
         result.unchecked.append(f"{key}: {what} was not measured")
         return
-    value = actual * scale
-    missed = value > limit if above else value < limit
+    # Compared at the resolution it is shown in: the figure in the miss table, the
+    # report and the manifest is the figure that was judged. Exact counts stay exact.
+    if isinstance(actual, Fraction):
+        value, bound = actual * scale, Fraction(repr(limit))
+    else:
+        value, bound = resolution(actual * scale, unit), limit
+    missed = value > bound if above else value < bound
     if not missed:
         return
-    by = value - limit if above else limit - value
+    value = float(value)
+    by = resolution(value - limit if above else limit - value, unit)
     sign = ">" if above else "<"
-    text = f"{what} {_fmt(value, unit)} {sign} {key} {_fmt(limit, unit)} (by {_fmt(by, unit)})"
-    result.misses.append({"budget": key, "metric": what, "actual": round(value, 6),
-                          "limit": limit, "by": round(by, 6), "unit": unit, "text": text})
+    text = f"{what} {fmt(value, unit)} {sign} {key} {fmt(limit, unit)} (by {fmt(by, unit)})"
+    result.misses.append({"budget": key, "metric": what, "actual": resolution(value, unit),
+                          "limit": limit, "by": by, "unit": unit, "text": text})
 
 
-def _fmt(value: float, unit: str) -> str:
+def _digits(unit: str) -> int:
+    return 4 if unit in ("", "MB") else 2
+
+
+def resolution(value: float, unit: str) -> float:
+    """`value` rounded to the digits it is shown with."""
+    return value if value in (float("inf"), float("-inf")) else round(value, _digits(unit))
+
+
+def fmt(value: float, unit: str) -> str:
     if value == float("inf"):
         return "inf"
-    digits = 4 if unit in ("", "MB") else 2
-    return f"{value:.{digits}f}" + (f" {unit}" if unit and unit != "%" else unit)
+    return f"{value:.{_digits(unit)}f}" + (f" {unit}" if unit and unit != "%" else unit)
 
 
 def table(misses: list[dict]) -> str:
     """Misses as an aligned text table, for the terminal."""
     rows = [("budget", "measured", "limit", "missed by")] + [
-        (m["metric"], _fmt(m["actual"], m["unit"]), f"{m['budget']} {_fmt(m['limit'], m['unit'])}",
-         _fmt(m["by"], m["unit"])) for m in misses]
+        (m["metric"], fmt(m["actual"], m["unit"]), f"{m['budget']} {fmt(m['limit'], m['unit'])}",
+         fmt(m["by"], m["unit"])) for m in misses]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
                      for row in rows)

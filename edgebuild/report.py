@@ -41,7 +41,8 @@ def render(doc: dict, folder: Path) -> dict[str, Path]:
 def markdown(doc: dict, png_name: str = "pareto.png") -> str:
     lines = [f"# {doc.get('recipe') or 'build'}: build report", "", _host_line(doc), "",
              _baseline_line(doc), "", *_targets_table(doc), "", "## Budget misses", "",
-             *_misses_section(doc), "", "## Fallback ladders", "", *_ladders_section(doc),
+             *_misses_section(doc), "", "## Slower than float", "", *_slower_section(doc), "",
+             "## Fallback ladders", "", *_ladders_section(doc),
              "", "## Accuracy against host latency", "", f"![Pareto]({png_name})", ""]
     return "\n".join(lines)
 
@@ -120,10 +121,19 @@ def _misses_section(doc: dict) -> list[str]:
 def _misses_table(misses: list[dict]) -> list[str]:
     if not misses:
         return ["(failed, but no miss was recorded)"]
-    rows = [[m.get("budget"), m.get("metric"), _quantity(m.get("actual"), m.get("unit")),
-             _quantity(m.get("limit"), m.get("unit")), _quantity(m.get("by"), m.get("unit"))]
+    rows = [[m.get("budget"), m.get("metric"), *(_quantity(m.get(k), m.get("unit"))
+                                                 for k in ("actual", "limit", "by"))]
             for m in misses]
     return _table(["budget", "measure", "actual", "limit", "by"], rows)
+
+
+def _slower_section(doc: dict) -> list[str]:
+    rows = [[t.get("target"), _speedup(t["slower"].get("speedup")), t["slower"].get("why")]
+            for t in doc.get("targets") or [] if t.get("slower")]
+    if not rows:
+        return ["None: no artifact is slower than its float artifact on this host."]
+    return [f"On this host ({HOST_STATEMENT.lower().rstrip('.')}):", "",
+            *_table(["target", "speed-up", "why"], rows)]
 
 
 def _ladders_section(doc: dict) -> list[str]:
@@ -214,12 +224,14 @@ def _budget(budget: dict | None) -> str:
 
 
 def _quantity(value, unit) -> str:
+    """A budget figure exactly as the budget check judged and printed it."""
     if value is None:
         return DASH
     if unit in ("B", "bytes"):
         return _size(value)
-    number = f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.2f}"
-    return f"{number} {unit}" if unit else number
+    from edgebuild.budget import fmt
+
+    return fmt(value, unit)
 
 
 # -- Pareto plot --------------------------------------------------------------------

@@ -25,13 +25,15 @@ import numpy as np
 from edgebuild.errors import StepError
 from edgebuild.worker import StepContext
 
+COUNTED_METRICS = ("top1", "top5")  # fractions of the samples: drops are whole samples
+
 
 def run(ctx: StepContext) -> dict:
     from edgebuild import budget as budgets
     from edgebuild import evaluation as ev
     from edgebuild.metrics.fidelity import output_fidelity
     from edgebuild.recipe.model import METRIC_LABELS, PRIMARY_METRIC
-    from edgebuild.toolchains.runtimes import load_runtime
+    from edgebuild.toolchains.runtimes import float_compute, load_runtime
 
     params, task = ctx.params, ctx.params["task"]
     truth = ev.load_validation_set(ctx.inputs, params)
@@ -65,15 +67,17 @@ def run(ctx: StepContext) -> dict:
 
     metric = params["budget"].get("metric") or PRIMARY_METRIC[task]
     size = ctx.inputs["model"].stat().st_size
+    counted = len(x) if metric in COUNTED_METRICS else None
     measured = budgets.Measured(
         metric=metric, metric_label=METRIC_LABELS[metric],
         value=metrics.get(metric) if metrics else None,
-        baseline=baseline.get(metric) if baseline else None,
+        baseline=baseline.get(metric) if baseline else None, samples=counted,
         fidelity=fidelity, agreement=agreement[1] if agreement else None,
         agreement_label=agreement[0] if agreement else "agreement",
         size_bytes=size, latency_ms=latency["median_ms"], speedup=speedup)
     check = budgets.check(params["budget"], measured)
-    drop = ({k: round(baseline[k] - v, 6) for k, v in metrics.items()}
+    drop = ({k: round(float(budgets.drop(v, baseline[k], len(x) if k in COUNTED_METRICS
+                                          else None)), 6) for k, v in metrics.items()}
             if metrics and baseline else None)
 
     verdict = {"passed": check.passed, "rung": params.get("rung"), "samples": len(x),
@@ -82,10 +86,24 @@ def run(ctx: StepContext) -> dict:
     report = {**verdict, "size_bytes": size, "fidelity": fidelity,
               "agreement": dict(zip(("label", "value"), agreement, strict=True))
               if agreement else None,
-              "latency": latency, "float_latency": float_latency, "speedup": speedup}
+              "latency": latency, "float_latency": float_latency, "speedup": speedup,
+              "slower": _slower(speedup, float_compute(ctx.inputs["model"]))
+              if speedup is not None and speedup < 1 else None}
     ctx.output("verdict", "verdict.json").write_text(json.dumps(verdict, sort_keys=True))
     ctx.output("report", "report.json").write_text(json.dumps(report, sort_keys=True, indent=1))
     return {"verdict": {"passed": check.passed, "misses": check.misses}}
+
+
+def _slower(speedup: float, ops: dict | None) -> dict:
+    """An artifact slower than its float artifact on this host, and what is visible of
+    why: how many of its ops still compute in float."""
+    slower = {"speedup": speedup, "note": "host latency, not device latency"}
+    if ops:
+        kinds = ", ".join(f"{n} {op}" for op, n in list(ops["float_op_types"].items())[:4])
+        slower["ops"], slower["float_ops"] = ops["ops"], ops["float_ops"]
+        slower["why"] = (f"{ops['float_ops']} of {ops['ops']} ops compute in float"
+                         + (f" ({kinds})" if kinds else ""))
+    return slower
 
 
 def _load_reference(folder: Path) -> list[np.ndarray]:
