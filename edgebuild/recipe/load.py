@@ -212,6 +212,8 @@ class _Resolver:
         defaults = dict(device.budget)
         if not self.measures_task:
             defaults = {k: v for k, v in defaults.items() if not k.startswith("max_drop")}
+        if self.task == "detection" and not self.decode:  # no boxes to agree on
+            defaults.pop("min_agreement", None)
         budget = Budget.from_dict({**defaults, **own})
         drops = [k for k in own if k.startswith("max_drop") or k == "metric"]
         if drops and not self.measures_task and "validate" in steps:
