@@ -10,6 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 TF = ("tensorflow", "tf_keras", "keras")
+# The TFLite converter re-serializes models with the flatbuffers package, which
+# TensorFlow lets float between releases and whose releases write different bytes.
+TFLITE = (*TF, "flatbuffers")
 TFMOT = (*TF, "tensorflow-model-optimization", "numpy", "pillow")
 METRICS = ("numpy", "pillow", "pycocotools")
 
@@ -40,13 +43,15 @@ class Impl:
 
 
 IMPLS = {impl.name: impl for impl in (
-    Impl("convert.tflite", 2, "edgebuild.steps.convert:to_tflite", TF, loads_keras=True),
+    Impl("convert.tflite", 2, "edgebuild.steps.convert:to_tflite", TFLITE,
+         loads_keras=True),
     Impl("convert.onnx", 3, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx"),
          loads_keras=True),
     Impl("prepare.onnx", 1, "edgebuild.steps.prepare:onnx", ("onnx", "onnxruntime", "sympy")),
     Impl("prune.tfmot", 4, "edgebuild.steps.optimize:prune", TFMOT, loads_keras=True),
     Impl("cluster.tfmot", 2, "edgebuild.steps.optimize:cluster", TFMOT, loads_keras=True),
-    Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite", (*TF, "numpy", "pillow"),
+    Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite",
+         (*TFLITE, "numpy", "pillow"),
          loads_keras=True),
     Impl("quantize.onnx", 4, "edgebuild.steps.quantize_onnx:run",
          ("onnx", "onnxruntime", "numpy", "pillow")),
@@ -61,12 +66,12 @@ IMPLS = {impl.name: impl for impl in (
     Impl("baseline.onnx", 2, "edgebuild.steps.baseline:run_onnx", ("onnxruntime", *METRICS)),
     # A validation's verdict is cached like any output, passed or not: a missed budget
     # is a measurement, and re-running would measure the same.
-    Impl("validate.tflite", 3, "edgebuild.steps.validate:run", ("ai-edge-litert", *METRICS),
+    Impl("validate.tflite", 4, "edgebuild.steps.validate:run", ("ai-edge-litert", *METRICS),
          volatile=("report",)),
-    Impl("validate.onnx", 3, "edgebuild.steps.validate:run", ("onnxruntime", *METRICS),
+    Impl("validate.onnx", 4, "edgebuild.steps.validate:run", ("onnxruntime", *METRICS),
          volatile=("report",)),
     # Engines against the source's outputs, on the GPU that built them.
-    Impl("validate.tensorrt", 1, "edgebuild.steps.validate:run",
+    Impl("validate.tensorrt", 2, "edgebuild.steps.validate:run",
          ("tensorrt", "cuda-python", *METRICS), volatile=("report",), gpu=True),
     Impl("bundle", 5, "edgebuild.steps.bundle:run", (), heavy=False),
 )}
