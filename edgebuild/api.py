@@ -297,6 +297,9 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
                                           "bytes": bundle_entry.outputs["archive"].size}
         if ladder:
             targets[target]["fallback"] = ladder
+        slower = _measured(project, target).get("slower")
+        if slower:
+            targets[target]["slower"] = slower
         records[target] = _lock_record(project, target, chain, ladder)
     if records:
         recipe = project.recipe
@@ -307,6 +310,17 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
                    project.lock)
         project.cache.add_root(recipe.lock_path)
     return targets
+
+
+def _measured(project: Project, target: str) -> dict:
+    """What validation measured of a target's artifact (its report.json); {} if none."""
+    import json
+
+    gate = gate_of(project.graph, target)
+    entry = project.resolver.entry_of(gate) if gate else None
+    if entry is None:
+        return {}
+    return json.loads(project.cache.read_blob(entry.outputs["report"].digest))
 
 
 def _deferred(project: Project, chain: list[str]) -> dict[str, str]:
@@ -403,6 +417,9 @@ def gc(cache: Cache, extra_locks: list[Path], dry_run: bool) -> dict:
 
 
 def clean(recipe_paths: list[str], settings: Settings, wipe_cache: bool) -> list[Path]:
+    if not recipe_paths and not wipe_cache:  # doing nothing, silently, would surprise
+        raise UsageError("clean: name the recipes whose bundles to remove (edgebuild clean "
+                         "RECIPE...), or pass --cache to delete the whole cache")
     removed = []
     for recipe_path in recipe_paths:
         recipe = load_recipe(recipe_path)
@@ -444,8 +461,6 @@ def report(project: Project, settings: Settings, built: BuildReport | None = Non
 
 def report_doc(project: Project, built: BuildReport | None = None) -> dict:
     """One row per target: what it is, what validation measured, and whether it ships."""
-    import json
-
     recipe, graph, resolver = project.recipe, project.graph, project.resolver
     metric_key = PRIMARY_METRIC[recipe.task]
     rows, host, baseline, float_latency = [], None, None, None
@@ -458,12 +473,10 @@ def report_doc(project: Project, built: BuildReport | None = None) -> dict:
                "precision": bundle.params["precision"], "status": _target_status(
                    project, target, built), "bytes": size.get("bytes"),
                "gzip_bytes": size.get("gzip_bytes"), "metrics": None, "drop": None,
-               "fidelity": None, "latency": None, "speedup": None,
+               "fidelity": None, "latency": None, "speedup": None, "slower": None,
                "budget": {"status": "none", "misses": []}, "rung": None}
-        gate = gate_of(graph, target)
-        entry = resolver.entry_of(gate) if gate else None
-        if entry is not None:
-            measured = json.loads(project.cache.read_blob(entry.outputs["report"].digest))
+        measured = _measured(project, target)
+        if measured:
             metric_key = measured["metric"]
             baseline = baseline or measured["baseline"]
             float_latency = float_latency or measured["float_latency"]
@@ -479,7 +492,7 @@ def report_doc(project: Project, built: BuildReport | None = None) -> dict:
                           "agreement_label": agreement.get("label")},
                 latency={k: measured["latency"][k] for k in ("median_ms", "p90_ms", "runs",
                                                              "threads")},
-                speedup=measured["speedup"],
+                speedup=measured["speedup"], slower=measured.get("slower"),
                 budget={"status": "pass" if measured["passed"] else "fail",
                         "misses": measured["misses"]})
         ladder = _ladder(project, target)

@@ -84,3 +84,63 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
         return y
     scale, zero = detail["quantization"]
     return (y.astype(np.float32) - zero) * scale
+
+
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
+
+
+def float_compute(path: Path) -> dict | None:
+    """How many of an artifact's compute ops run in float, by op type: where an int8
+    artifact is slower than float, ops left in float between the integer ones (each
+    with a conversion either side) are the usual reason. None for engines."""
+    if path.suffix == ".tflite":
+        ops = _tflite_ops(path)
+    elif path.suffix == ".onnx":
+        ops = _onnx_ops(path)
+    else:
+        return None
+    floats: dict[str, int] = {}
+    for op_type, in_float in ops:
+        if in_float:
+            floats[op_type] = floats.get(op_type, 0) + 1
+    by_count = dict(sorted(floats.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {"ops": len(ops), "float_ops": sum(floats.values()), "float_op_types": by_count}
+
+
+def _tflite_ops(path: Path) -> list[tuple[str, bool]]:
+    """(op name, computes in float) for each op but the (de)quantize conversions."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    dtypes = {t["index"]: t["dtype"] for t in interpreter.get_tensor_details()}
+    ops = []
+    for op in interpreter._get_ops_details():  # LiteRT's only listing of ops
+        if op["op_name"] in CONVERSION_OPS:
+            continue
+        tensors = [i for i in (*op["inputs"], *op["outputs"]) if i >= 0]
+        ops.append((op["op_name"], any(dtypes.get(i) in (np.float32, np.float16)
+                                       for i in tensors)))
+    return ops
+
+
+def _onnx_ops(path: Path) -> list[tuple[str, bool]]:
+    """(op type, computes in float) for each node but Q/DQ: in a QDQ model a node runs
+    in integers when every input comes through DequantizeLinear and its output goes
+    on through QuantizeLinear."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    read_by: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            read_by.setdefault(name, []).append(node.op_type)
+    ops = []
+    for node in graph.node:
+        if node.op_type in QDQ_OPS:
+            continue
+        inputs_quantized = all(made_by.get(i) == "DequantizeLinear" for i in node.input if i)
+        outputs_quantized = all("QuantizeLinear" in read_by.get(o, ()) for o in node.output)
+        ops.append((node.op_type, not (inputs_quantized and outputs_quantized)))
+    return ops
