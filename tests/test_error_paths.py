@@ -96,3 +96,10 @@ def test_help_shows_the_line_continuation_of_its_last_example(capsys):
     out = capsys.readouterr().out
     assert "--remote-cache s3://bucket/edgebuild \\\n      --scheduler tcp://scheduler:8786\n" \
         in out, out
+
+
+def test_clean_without_recipes_or_cache_says_what_it_takes(rebuilt, capsys):
+    code, out, err = run(["clean", *rebuilt.args()], capsys)
+    assert code == 2 and out == ""
+    assert "name the recipes whose bundles to remove" in err and "--cache" in err, err
+    assert (rebuilt.dist / "tiny" / "rpi4").is_dir() and rebuilt.cache.is_dir()  # untouched
