@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_RECIPE
 
 from edgebuild.cli import main
 
@@ -103,3 +104,56 @@ def test_clean_without_recipes_or_cache_says_what_it_takes(rebuilt, capsys):
     assert code == 2 and out == ""
     assert "name the recipes whose bundles to remove" in err and "--cache" in err, err
     assert (rebuilt.dist / "tiny" / "rpi4").is_dir() and rebuilt.cache.is_dir()  # untouched
+
+
+TRAIN = "  validation: {path: data/val}\n  train: {path: data/calib, loss: distill, epochs: 1}\n"
+OPTIMIZING = ("targets:\n  sparse: {device: rpi4, prune: {sparsity: 0.5}, cluster: {clusters: 4}}\n"
+              "  server: {device: cloud-gpu}\n")  # cloud-gpu clusters given data.train
+
+
+def optimizing_recipe() -> str:
+    """The tiny recipe with prune and cluster steps, which look inside the source."""
+    recipe = TINY_RECIPE.replace("  validation: {path: data/val}\n", TRAIN)
+    return recipe[:recipe.index("targets:")] + OPTIMIZING
+
+
+def detection_recipe(annotations: str) -> str:
+    recipe = TINY_RECIPE.replace("task: classification", "task: detection\ndecode: grid")
+    recipe = recipe.replace("{path: data/val}", f"{{path: data/val, annotations: {annotations}}}")
+    return recipe.replace("{device: rpi4}", "{device: rpi4, budget: {max_drop_points: 5}}")
+
+
+@pytest.mark.parametrize("recipe, where, message", [
+    (optimizing_recipe().replace("model/tiny.keras", "model/missing.keras"), "source.path",
+     "'model/missing.keras' does not exist"),
+    (optimizing_recipe().replace("{path: model/tiny.keras}",
+                                 "{path: model/missing.keras, format: keras}"),
+     "source.path", "'model/missing.keras' does not exist"),
+    (optimizing_recipe().replace("model/tiny.keras", "model"), "source.path",
+     "cannot tell the model format of 'model'"),
+    (TINY_RECIPE.replace("{path: model/tiny.keras}",
+                         "{path: model/missing.onnx, input_shapes: {image: [1, 16, 16, 3]}}")
+     .replace("{device: rpi4}", "{device: x86-cpu}").replace("{device: android-gpu}",
+                                                             "{device: cloud-gpu}"),
+     "source.path", "'model/missing.onnx' does not exist"),
+    (detection_recipe("missing.json"), "data.validation.annotations",
+     "'missing.json' does not exist"),
+], ids=["source", "source-with-format", "source-of-unknown-format", "onnx-source",
+        "annotations"])
+def test_a_missing_file_is_one_problem_without_follow_on_errors(tiny, recipe, where, message):
+    tiny.recipe.write_text(recipe)
+    code, _ = tiny.run("plan")
+    assert code == 2
+    problems = tiny.last_stderr.strip().splitlines()
+    assert len(problems) == 1, tiny.last_stderr
+    assert f" {where}: {message}" in problems[0], problems[0]
+
+
+def test_the_recipes_behind_those_problems_are_otherwise_sound(tiny):
+    """With the file where it should be, the same recipes load: the one problem was
+    all there was."""
+    tiny.recipe.write_text(optimizing_recipe())
+    assert tiny.run("plan")[0] == 0, tiny.last_stderr
+    (tiny.root / "val.json").write_text('{"images": [], "annotations": [], "categories": []}')
+    tiny.recipe.write_text(detection_recipe("val.json"))
+    assert tiny.run("plan")[0] == 0, tiny.last_stderr

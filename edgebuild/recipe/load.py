@@ -354,7 +354,10 @@ class _Resolver:
                 continue
             at = (*where, slot) if slot in spec else (*where, "device")
             source = self.source
-            if source.format != "keras" or _keras_flavour(source.path) != "tf_keras":
+            # A missing or damaged source is reported already; which Keras it is, unknown.
+            unread = any(p.key_path == "source.path" for p in self.problems)
+            if source.format in ("onnx", "saved_model") or (
+                    not unread and _keras_flavour(source.path) != "tf_keras"):
                 what = {"onnx": "an ONNX model", "saved_model": "a SavedModel"}.get(
                     source.format, "a Keras 3 model")
                 self.complain(at, f"{slot} rewrites Keras 2 (tf_keras) models with tfmot, and the "
@@ -424,7 +427,7 @@ class _Resolver:
         if problem:
             self.complain(("source", "path"), problem)
         shapes = {name: list(dims) for name, dims in spec.get("input_shapes", {}).items()}
-        if shapes and fmt != "onnx":
+        if shapes and fmt not in ("onnx", None):  # None: source.path says why already
             self.complain(("source", "input_shapes"), "input_shapes fixes dynamic dimensions of "
                           "ONNX sources; Keras and SavedModel sources declare their own shapes")
         external = self._external_data(path) if fmt == "onnx" and not problem else ()
@@ -492,8 +495,9 @@ class _Resolver:
         if spec is None:
             return None
         path = self._existing(("data", role, "path"), spec["path"])
+        # Missing annotations are reported here; for the rest of the recipe they are given.
         annotations = (self._existing(("data", role, "annotations"), spec["annotations"])
-                       if "annotations" in spec else None)
+                       or Path(spec["annotations"]) if "annotations" in spec else None)
         return Dataset(path=path or Path(spec["path"]), annotations=annotations,
                        count=spec.get("count"))
 
