@@ -206,18 +206,22 @@ def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None, state:
 
 
 def _failure_message(cache: Cache, result: dict, work: Path, key: str) -> str:
+    """The error, and the log kept of a worker's run: what the step printed, then the
+    error and its traceback (steps print little, so the output alone is often empty)."""
     message = result["error"]
     log = work / "step.log"
-    if "traceback" in result or log.exists():
-        logs = cache.root / "logs"
-        logs.mkdir(exist_ok=True)
-        saved = logs / f"{key[:16]}.log"
-        text = log.read_text(errors="replace") if log.exists() else ""
-        saved.write_text(text + "\n" + result.get("traceback", ""))
-        last = result.get("traceback", "").strip().splitlines()[-1:] or [""]
-        message = f"{message}: {last[0]} (full log: {saved})" if last[0] else \
-            f"{message} (full log: {saved})"
-    return message
+    if not log.exists():  # it ran in this process: no output of its own to keep
+        return message
+    logs = cache.root / "logs"
+    logs.mkdir(exist_ok=True)
+    saved = logs / f"{key[:16]}.log"
+    output = log.read_text(errors="replace").rstrip()
+    trace = result.get("traceback") or result.get("raised_at", "")
+    printed = f"{output}\n\n" if output else ""
+    saved.write_text(f"{printed}error: {message}\n\n{trace}")
+    last = result.get("traceback", "").strip().splitlines()[-1:] or [""]
+    return f"{message}: {last[0]} (full log: {saved})" if last[0] else \
+        f"{message} (full log: {saved})"
 
 
 def _in_process(job: dict) -> dict:

@@ -60,7 +60,8 @@ def run_job(job: dict) -> dict:
     try:
         meta = getattr(importlib.import_module(module_name), function)(ctx) or {}
     except EdgebuildError as exc:
-        return {"error": str(exc)}
+        # The message is what the user reads; where it was raised goes to the step's log.
+        return {"error": str(exc), "raised_at": traceback.format_exc()}
     return {"outputs": ctx.outputs, "meta": meta, "status": ctx.status}
 
 

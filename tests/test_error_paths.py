@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import TINY_RECIPE
@@ -157,3 +160,23 @@ def test_the_recipes_behind_those_problems_are_otherwise_sound(tiny):
     (tiny.root / "val.json").write_text('{"images": [], "annotations": [], "categories": []}')
     tiny.recipe.write_text(detection_recipe("val.json"))
     assert tiny.run("plan")[0] == 0, tiny.last_stderr
+
+
+def test_a_failed_steps_log_holds_its_error_and_traceback(tiny):
+    """A step error (here: calibration data without images) used to leave a one-byte
+    log: the worker prints nothing, and only a crash's traceback was written."""
+    shutil.rmtree(tiny.root / "data" / "calib")
+    (tiny.root / "data" / "calib").mkdir()
+    tiny.recipe.write_text(TINY_RECIPE.replace("  pixel: {device: android-gpu}\n", "").replace(
+        "{device: rpi4}", "{device: rpi4, validate: false}"))
+    code, result = tiny.run("all", "-j", "2")
+    assert code == 1
+    failed = [s for s in result["step_list"] if s["status"] == "failed"]
+    assert [s["kind"] for s in failed] == ["quantize"], result["step_list"]
+    message = failed[0]["message"]
+    assert "no images found" in message and "Traceback" not in message, message
+    log = Path(re.search(r"\(full log: (.+)\)$", message).group(1))
+    assert log.parent == tiny.cache / "logs"
+    text = log.read_text()
+    assert "error: " in text and "no images found" in text, text
+    assert "Traceback (most recent call last)" in text and "StepError" in text, text
