@@ -44,7 +44,7 @@ def test_detector_recipe_builds_one_bundle_per_target(tmp_path):
     assert archives["rpi4-sparse"] < archives["rpi4"] * 0.7, archives
 
     # Every target is measured against the float source: COCO mAP@0.5 on the 200
-    # validation images, within the default budget (2 points; rpi4-sparse allows 8).
+    # validation images, within the default budget (2 points; rpi4-sparse allows 12).
     report = json.loads((project.dist / "detector" / "report.json").read_text())
     baseline = report["baseline"]["metrics"]["map50"]
     assert baseline > 0.9, report["baseline"]
@@ -52,9 +52,16 @@ def test_detector_recipe_builds_one_bundle_per_target(tmp_path):
     for name, row in rows.items():
         assert row["budget"]["status"] == "pass", (name, row["budget"])
         assert row["fidelity"]["agreement_label"] == "box agreement"
-    for name in ("rpi4", "coral"):  # full-integer int8
+    for name in ("rpi4", "coral", "x86"):  # full-integer int8
         assert rows[name]["drop"]["map50"] < 0.02, rows[name]
-        assert rows[name]["speedup"] > 1, rows[name]
+    # Host speed is the host's: int8 can be slower than float here (an x86 CPU without
+    # VNNI runs LiteRT's float kernels fast). Whatever it is, it is said out loud.
+    for name, row in rows.items():
+        slower = row["speedup"] is not None and row["speedup"] < 1
+        assert bool(row["slower"]) == slower, (name, row["speedup"], row["slower"])
+        if slower:
+            assert "ops compute in float" in row["slower"]["why"]
+            assert result["targets"][name]["slower"]["speedup"] == row["speedup"]
     assert (project.dist / "detector" / "report.md").exists()
     assert (project.dist / "detector" / "pareto.png").exists()
 
