@@ -187,6 +187,17 @@ def plan(project: Project) -> list[StepState]:
     return [project.resolver.state(node) for node in project.graph.order()]
 
 
+def deferred_targets(project: Project) -> dict[str, str]:
+    """Targets whose bundle will leave a build to the device, and why, as `build` will
+    report them: the cache's word for steps that have run, the graph's for the rest."""
+    found = {}
+    for target, chain in project.graph.target_chains.items():
+        reason = "; ".join(dict.fromkeys(_deferred(project, chain).values()))
+        if reason or target in project.graph.deferred:
+            found[target] = reason or project.graph.deferred[target]
+    return found
+
+
 def build(project: Project, settings: Settings, console: Console) -> BuildReport:
     """Run what is stale. A ladder whose rung misses its budget steps down a rung and
     the build goes on, until every ladder holds its budget or runs out of rungs."""

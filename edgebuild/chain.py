@@ -70,10 +70,13 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int,
     compile_ = target.steps.get("compile")
     if compile_ is not None and compile_.compiler == "tensorrt":
         deps.update(_add_tensorrt(graph, recipe, target, artifact, device, gpu_host))
-    elif compile_ is not None:
+    elif compile_ is not None:  # the Edge TPU compiler: a deferred build, always
+        from edgebuild.toolchains import edgetpu
+
         node = Node(f"compile.{compile_.compiler}", compile_.to_dict(),
                     deps={"model": artifact}, device=device)
         deps["build"] = (_add(graph, recipe, node, name), "build")
+        graph.deferred[name] = edgetpu.deferral()
     if verdict:
         deps["verdict"] = verdict
     deps.update({f"rejected_{i}": v for i, v in enumerate(rejected)})

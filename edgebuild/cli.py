@@ -318,11 +318,12 @@ def cmd_plan(args) -> int:
     with _cluster(settings) as runner:
         project = api.open_project(args.recipe, settings, runner=runner)
         states = api.plan(project)
+        deferred = api.deferred_targets(project)
     _print_warnings(project.recipe)
     if args.json:
         print(json.dumps({"recipe": project.recipe.name,
                           "warnings": list(project.recipe.warnings),
-                          "deferred": project.graph.deferred, "step_list": [
+                          "deferred": deferred, "step_list": [
             {"key": s.key, "kind": s.node.kind, "label": s.node.label,
              "targets": s.node.targets, "status": "cached" if s.cached else "run",
              "reasons": [r.to_dict() for r in s.reasons]} for s in states]}, indent=2))
@@ -339,7 +340,7 @@ def cmd_plan(args) -> int:
         if s.cached and s.node.id in project.graph.gates and rejected(s.entry):
             for miss in s.entry.meta["verdict"]["misses"]:
                 print(f"           budget missed: {miss['text']}")
-    for target, reason in project.graph.deferred.items():
+    for target, reason in deferred.items():
         print(f"  {target}: deferred: {reason} (the bundle carries the build script)")
     for target, rung in project.graph.rungs.items():
         ladder = project.recipe.targets[target].fallback

@@ -180,3 +180,21 @@ def test_a_failed_steps_log_holds_its_error_and_traceback(tiny):
     text = log.read_text()
     assert "error: " in text and "no images found" in text, text
     assert "Traceback (most recent call last)" in text and "StepError" in text, text
+
+
+def test_plan_names_every_target_that_all_defers_with_its_reason(rebuilt):
+    """An Edge TPU compile is deferred like a TensorRT engine without a GPU: plan said
+    so only of TensorRT, and counted the Edge TPU compile as an ordinary step."""
+    from edgebuild.toolchains.edgetpu import deferral
+
+    rebuilt.recipe.write_text(TINY_RECIPE + "  coral: {device: coral-edgetpu}\n")
+    code, planned = rebuilt.run("plan")
+    assert code == 0, rebuilt.last_stderr
+    assert planned["deferred"] == {"coral": deferral()}
+
+    result = rebuilt.build()
+    deferred = {name: target["deferred"] for name, target in result["targets"].items()
+                if target["status"] == "deferred"}
+    assert deferred == planned["deferred"]
+    code, again = rebuilt.run("plan")  # now from the cache: the same word
+    assert code == 0 and again["deferred"] == deferred

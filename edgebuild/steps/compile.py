@@ -55,11 +55,11 @@ def _build_engine(ctx: StepContext, host, seed) -> dict:
 
 
 def edgetpu(ctx: StepContext) -> dict:
-    command = "edgetpu_compiler --show_operations --out_dir . model.tflite"
-    reason = ("edgetpu_compiler is not installed here" if shutil.which("edgetpu_compiler") is None
-              else "edgetpu_compiler runs as a deferred step in this version")
-    _defer(ctx, "compile_edgetpu.sh", command, reason)
-    return {"deferred": reason, "command": command}
+    from edgebuild.toolchains.edgetpu import COMMAND, deferral
+
+    reason = deferral()  # what the plan said, too (chain.py)
+    _defer(ctx, "compile_edgetpu.sh", COMMAND, reason)
+    return {"deferred": reason, "command": COMMAND}
 
 
 def _defer(ctx: StepContext, script_name: str, command: str, reason: str):
