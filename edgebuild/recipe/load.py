@@ -185,6 +185,7 @@ class _Resolver:
             steps[slot] = SLOT_PARAMS[slot].from_dict(value if isinstance(value, dict) else {})
         self._check_target(where, device, fmt, steps, calibration, validation)
         self._check_optimizations(where, spec, steps)
+        self._check_layers(where, spec, steps)
         budget = self._budget(where, device, spec.get("budget", {}), steps)
         fallback = self._fallback(where, spec.get("fallback"), device, fmt, steps, budget)
         fallback = tuple((rung, _resolved_quantize(q, fmt)) for rung, q in fallback)
@@ -378,6 +379,17 @@ class _Resolver:
                 self._check_prune(at, spec.get("prune"), params, epochs)
             steps[slot] = replace(params, **self._resolved(slot, params, epochs, steps))
 
+    def _check_layers(self, where: tuple, spec: dict, steps: dict) -> None:
+        """prune and cluster against the layers the model's config lists, so that a layer
+        tfmot refuses is a recipe error, not a failed step."""
+        from edgebuild.recipe.model_checks import layer_problems
+
+        for slot in KERAS_SLOTS:
+            if slot in steps and self.signature is not None:
+                at = (*where, slot) if slot in spec else (*where, "device")
+                for key_path, message in layer_problems(at, slot, steps[slot], self.signature):
+                    self.complain(key_path, message)
+
     def _resolved(self, slot: str, params, epochs: int, steps: dict) -> dict:
         """Defaults that depend on the rest of the recipe, filled in once, so that step
         keys and lock files record what actually runs."""
@@ -432,8 +444,7 @@ class _Resolver:
                           "ONNX sources; Keras and SavedModel sources declare their own shapes")
         external = self._external_data(path) if fmt == "onnx" and not problem else ()
         trust = self._trust(spec, fmt)
-        if trust is None and path and fmt == "keras" and path.suffix == ".keras" and not problem:
-            self._refuse_code(path)
+        self.signature = self._signature(path, fmt, trust) if path and not problem else None
         return Source(path=path or Path(spec["path"]), format=fmt or "unknown",
                       input_shapes=shapes, trust=trust, external_data=external)
 
@@ -473,22 +484,39 @@ class _Resolver:
                           "(package.module, a .py file next to the recipe or installed)")
         return Trust(custom_objects=module, module_file=local)
 
-    def _refuse_code(self, path: Path) -> None:
-        """A .keras model that brings code is refused before anything runs (its config
-        is a small JSON file; .h5 configs need h5py, so their steps check them)."""
+    def _signature(self, path: Path, fmt: str | None, trust: Trust | None):
+        """What the model file declares (inputs, outputs, layers), read once per plan
+        without its toolchain. A .keras model that brings code is refused here, before
+        anything runs (.h5 Lambdas are refused by the steps, before Keras reads them).
+        None where the file cannot tell, or where its steps will say why it is unreadable."""
         import zipfile
         import zlib
 
-        from edgebuild.toolchains.keras_files import archive_config, model_code, refusal
+        from edgebuild.toolchains import keras_files, signature
 
+        if fmt == "onnx":
+            try:
+                return signature.onnx_signature(path)
+            except (ValueError, OSError):
+                return None  # prepare.onnx's checker says what is wrong with it
+        if fmt != "keras":
+            return None
         try:
-            code = model_code(archive_config(path))  # read and CRC-checked in full
-        except (zipfile.BadZipFile, zlib.error, ValueError) as exc:
-            self.complain(("source", "path"), f"'{path.name}' is damaged: its config.json "
-                          f"cannot be read ({exc})")
-            return
-        if code:
-            self.complain(("source", "path"), refusal(f"'{path.name}'", code))
+            config = keras_files.model_config(path)  # .keras: read and CRC-checked in full
+        except (zipfile.BadZipFile, zlib.error, ValueError, OSError) as exc:
+            if path.suffix == ".keras":
+                self.complain(("source", "path"), f"'{path.name}' is damaged: its "
+                              f"config.json cannot be read ({exc})")
+            return None
+        if trust is None and path.suffix == ".keras":
+            code = keras_files.model_code(config)
+            if code:
+                self.complain(("source", "path"), keras_files.refusal(f"'{path.name}'", code))
+        if not isinstance(config, dict):
+            return None
+        custom = trust is not None and trust.custom_objects is not None \
+            and path.suffix != ".keras"  # .h5 configs do not say which classes are custom
+        return signature.keras_signature(config, keras_files.keras_flavour(path), custom)
 
     def _dataset(self, data: dict, role: str) -> Dataset | None:
         spec = data.get(role)

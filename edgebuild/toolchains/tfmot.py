@@ -7,13 +7,13 @@ what was done. tfmot's own errors never reach the user raw.
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from edgebuild.errors import StepError
+from edgebuild.toolchains import tfmot_layers
 
 CENTROID_INIT = {"kmeans++": "KMEANS_PLUS_PLUS", "linear": "LINEAR",
                  "density": "DENSITY_BASED", "random": "RANDOM"}
@@ -53,33 +53,39 @@ def leaf_layers(model) -> list:
     return found
 
 
-def _matches(layer, patterns) -> bool:
-    return any(fnmatch.fnmatchcase(layer.name, p) or type(layer).__name__ == p
-               for p in patterns)
+def described(layer) -> tfmot_layers.Layer:
+    """A loaded layer as tfmot_layers sees it (the lists planning checks too)."""
+    import tf_keras
+
+    kind = type(layer).__name__
+    cells = ()
+    if isinstance(layer, tf_keras.layers.Bidirectional):
+        cells = (type(layer.forward_layer.cell).__name__,
+                 type(layer.backward_layer.cell).__name__)
+    elif isinstance(getattr(layer, "cell", None), tf_keras.layers.StackedRNNCells):
+        cells = tuple(type(cell).__name__ for cell in layer.cell.cells)
+    elif getattr(layer, "cell", None) is not None:
+        cells = (type(layer.cell).__name__,)
+    builtin = type(layer).__module__.split(".")[0] in ("tf_keras", "keras")
+    return tfmot_layers.Layer(layer.name, kind, builtin, bool(layer.trainable_weights), cells)
 
 
 def choose(model, slot: str, include, exclude, supports: Callable) -> list:
-    """The layers to wrap; a StepError naming every unsupported layer if any is chosen."""
+    """The layers to wrap; a StepError naming every unsupported layer if any is chosen.
+    `supports`: tfmot's own protocols (PrunableLayer, ClusterableLayer), which custom
+    layers may implement; built-in layers are checked against tfmot_layers."""
     layers = leaf_layers(model)
-    for option, patterns in (("include", include), ("exclude", exclude)):
-        for pattern in patterns:
-            if not any(_matches(layer, [pattern]) for layer in layers):
-                names = ", ".join(layer.name for layer in layers)
-                raise StepError(f"{slot}.{option}: '{pattern}' matches no layer name or type "
-                                f"of this model (its layers: {names})")
-    chosen = [layer for layer in layers
-              if (not include or _matches(layer, include)) and not _matches(layer, exclude)]
-    unsupported = [layer for layer in chosen if not supports(layer)]
+    described_layers = [described(layer) for layer in layers]
+    problem = tfmot_layers.unmatched(described_layers, include, exclude)
+    if problem:
+        raise StepError(f"{slot}.{problem[0]}: {problem[1]}")
+    chosen = [(layer, info) for layer, info in zip(layers, described_layers, strict=True)
+              if tfmot_layers.is_chosen(info, include, exclude)]
+    unsupported = [info for layer, info in chosen
+                   if not supports(layer) and tfmot_layers.supports(slot, info) is not True]
     if unsupported:
-        listing = "\n".join(f"  - '{layer.name}' ({type(layer).__name__})"
-                            for layer in unsupported)
-        names = ", ".join(layer.name for layer in unsupported)
-        raise StepError(
-            f"tfmot cannot {slot} {len(unsupported)} layer(s) of this model:\n{listing}\n"
-            f"Leave them out with `{slot}: {{exclude: [{names}]}}` on the target (layer types "
-            f"work too, e.g. exclude: [{type(unsupported[0]).__name__}]), or list the layers "
-            f"to {slot} with `{slot}: {{include: [...]}}`.")
-    return chosen
+        raise StepError(tfmot_layers.refusal(slot, unsupported))
+    return [layer for layer, _ in chosen]
 
 
 def _rewrap(model, chosen: list, wrap: Callable):
@@ -110,14 +116,12 @@ def prune(model, params: dict, tuning: FineTuning):
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.sparsity.keras import (
         prunable_layer,
-        prune_registry,
         pruning_wrapper,
     )
 
     def supports(layer) -> bool:
         return (isinstance(layer, prunable_layer.PrunableLayer)
-                or hasattr(layer, "get_prunable_weights")
-                or prune_registry.PruneRegistry.supports(layer))
+                or hasattr(layer, "get_prunable_weights"))
 
     chosen = choose(model, "prune", params["include"], params["exclude"], supports)
     schedule = _schedule(params, tuning)
@@ -175,17 +179,13 @@ def _schedule(params: dict, tuning: FineTuning):
 def cluster(model, params: dict, tuning: FineTuning):
     """cluster_weights on the chosen layers (sparsity-preserving if asked); stripped."""
     import tensorflow_model_optimization as tfmot
-    from tensorflow_model_optimization.python.core.clustering.keras import (
-        clusterable_layer,
-        clustering_registry,
-    )
+    from tensorflow_model_optimization.python.core.clustering.keras import clusterable_layer
     from tensorflow_model_optimization.python.core.clustering.keras.experimental import (
         cluster as experimental,
     )
 
     def supports(layer) -> bool:
-        return (isinstance(layer, clusterable_layer.ClusterableLayer)
-                or clustering_registry.ClusteringRegistry.supports(layer))
+        return isinstance(layer, clusterable_layer.ClusterableLayer)
 
     chosen = choose(model, "cluster", params["include"], params["exclude"], supports)
     chosen = [layer for layer in chosen if layer.trainable_weights]  # nothing to share

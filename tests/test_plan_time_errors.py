@@ -1,0 +1,177 @@
+"""Mistakes that the model file itself reveals are recipe errors when the recipe loads:
+exit 2, located file:line:col and key, before minutes of conversion, and read from the
+model file without TensorFlow, Keras or ONNX Runtime (plans stay light).
+
+Every test plans only, in a fresh interpreter run with -X importtime, so that what
+planning imported can be checked.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import write_images
+
+HEAVY = {"tensorflow", "keras", "tf_keras", "tensorflow_model_optimization", "onnxruntime",
+         "onnx"}
+
+
+def at(text: str, token: str) -> str:
+    """'line:column' of the first `token` in `text` (1-based, like editors)."""
+    index = text.index(token)
+    line = text.count("\n", 0, index) + 1
+    return f"{line}:{index - (text.rfind(chr(10), 0, index) + 1) + 1}"
+
+
+def plan(recipe: Path, text: str) -> tuple[int, str, set[str]]:
+    """Write `text` to `recipe` and plan it: (exit code, messages, top-level packages
+    the planning process imported)."""
+    recipe.write_text(text)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "edgebuild", "plan", str(recipe),
+         "--cache-dir", str(recipe.parent / "cache")],
+        capture_output=True, text=True, cwd=recipe.parent, timeout=120)
+    imported, messages = set(), []
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:"):
+            imported.add(line.rsplit("|", 1)[1].strip().split(".")[0])
+        else:
+            messages.append(line)
+    assert "Traceback" not in proc.stderr
+    return proc.returncode, "\n".join(messages), imported
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """Tiny tf_keras models, as .keras and .h5, and images to plan with."""
+    import tf_keras as keras
+
+    root = tmp_path_factory.mktemp("models")
+    keras.utils.set_random_seed(0)
+    # Layers tfmot refuses to prune (Rescaling, Normalization, PReLU) or to cluster
+    # (PReLU, which has weights), one of them inside a nested model; two outputs.
+    inner = keras.Sequential([keras.layers.Input((16, 16, 4)), keras.layers.Conv2D(4, 1),
+                              keras.layers.PReLU(name="act")], name="inner")
+    image = keras.layers.Input((16, 16, 3), name="image")
+    x = keras.layers.Rescaling(1 / 255, name="rescale")(image)
+    x = keras.layers.Normalization(mean=0.5, variance=0.25, name="norm")(x)
+    x = inner(keras.layers.Conv2D(4, 3, padding="same", name="conv")(x))
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    two = keras.Model(image, [keras.layers.Dense(4, activation="softmax", name="probs")(x),
+                              keras.layers.Dense(2, name="aux")(x)])
+    for suffix in (".keras", ".h5"):
+        two.save(root / f"mixed{suffix}")
+    write_images(root / "val", 4, seed=1, size=16)
+    return root
+
+
+def project(models: Path, tmp_path: Path) -> Path:
+    """A folder with the models and images, for one recipe."""
+    for item in models.iterdir():
+        (tmp_path / item.name).symlink_to(item)
+    return tmp_path / "recipe.yaml"
+
+
+# -- 1. layers tfmot cannot prune or cluster ----------------------------------------
+
+LAYERS_RECIPE = """\
+name: layers
+source: {path: mixed.keras}
+task: detection
+data:
+  preprocess: {resize: [16, 16]}
+  validation: {path: val}
+targets:
+  pruned: {device: rpi4, quantize: false, prune: {sparsity: 0.5}}
+  clustered: {device: rpi4, quantize: false, cluster: {clusters: 4}}
+"""
+FIXED = ("  fixed: {device: rpi4, quantize: false, prune: {exclude: [Rescaling, Normalization, "
+         "PReLU]}, cluster: {exclude: [act]}}\n")
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_layers_tfmot_refuses_are_recipe_errors(models, tmp_path, suffix):
+    recipe = project(models, tmp_path)
+    text = (LAYERS_RECIPE + FIXED).replace("mixed.keras", f"mixed{suffix}")
+    code, err, imported = plan(recipe, text)
+    assert code == 2, err
+    assert f"{recipe}:{at(text, '{sparsity: 0.5}')}: targets.pruned.prune: tfmot cannot prune " \
+           "3 layer(s) of this model: 'rescale' (Rescaling), 'norm' (Normalization), " \
+           "'act' (PReLU). Leave them out with `prune: {exclude: [rescale, norm, act]}`" in err
+    assert "or set `prune: false`" in err
+    # Clustering takes layers without trainable weights, so only PReLU is in the way.
+    assert f"{recipe}:{at(text, '{clusters: 4}')}: targets.clustered.cluster: tfmot cannot " \
+           "cluster 1 layer(s) of this model: 'act' (PReLU)." in err
+    assert "targets.fixed" not in err
+    assert not imported & HEAVY, imported & HEAVY
+
+    # Leaving them out (by type or name) plans; nothing else of the model is refused.
+    code, err, _ = plan(recipe, LAYERS_RECIPE.split("targets:")[0] + "targets:\n" + FIXED)
+    assert code == 0, err
+
+
+def test_include_and_exclude_must_name_layers_of_the_model(models, tmp_path):
+    recipe = project(models, tmp_path)
+    text = LAYERS_RECIPE.replace("{sparsity: 0.5}", "{include: [conv*, heads]}")
+    code, err, _ = plan(recipe, text)
+    assert code == 2
+    assert f"{recipe}:{at(text, '[conv*, heads]')}: targets.pruned.prune.include: 'heads' " \
+           "matches no layer name or type of this model (its layers: rescale, norm, conv, " in err
+
+
+@pytest.mark.slow
+def test_plan_and_step_judge_layers_as_tfmot_does(tmp_path):
+    """tfmot_layers copies tfmot's registries, which planning cannot import: its lists
+    are tfmot's, and on real layers the plan (from the config) and the step (from the
+    loaded layers) never contradict tfmot."""
+    import json
+    import zipfile
+
+    import tf_keras as keras
+    from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import (
+        ClusteringRegistry as Clustering,
+    )
+    from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
+        PruneRegistry as Pruning,
+    )
+
+    from edgebuild.toolchains import tfmot, tfmot_layers
+    from edgebuild.toolchains.keras_files import config_layers
+
+    def names(classes) -> set[str]:
+        return {cls.__name__ for cls in classes} - {"type"}  # tfmot's Rescaling slip
+
+    assert names(Pruning._LAYERS_WEIGHTS_MAP) == tfmot_layers.PRUNE_LAYERS
+    assert names(Pruning._RNN_LAYERS) == tfmot_layers.PRUNE_RNN_LAYERS
+    assert names(Pruning._RNN_CELLS_WEIGHTS_MAP) == tfmot_layers.PRUNE_RNN_CELLS
+    assert names([*Clustering._LAYERS_WEIGHTS_MAP, *Clustering._SUPPORTED_MHA_LAYERS]) == \
+        tfmot_layers.CLUSTER_LAYERS
+    assert names(Clustering._SUPPORTED_RNN_LAYERS) == tfmot_layers.CLUSTER_RNN_LAYERS
+    assert names(Clustering._SUPPORTED_RNN_CELLS) == tfmot_layers.CLUSTER_RNN_CELLS
+
+    layers, seq = keras.layers, keras.layers.Input((6, 8))
+    frozen = layers.Dense(3, name="frozen")
+    frozen.trainable = False
+    flat = layers.Flatten
+    outputs = [
+        layers.LSTM(4)(seq), layers.Bidirectional(layers.GRU(4))(seq),
+        layers.RNN(layers.StackedRNNCells([layers.SimpleRNNCell(4), layers.GRUCell(4)]))(seq),
+        flat()(layers.PReLU()(layers.LayerNormalization()(seq))),
+        flat()(layers.TimeDistributed(layers.Dense(3))(seq)),
+        flat()(layers.Conv1D(4, 3)(layers.Rescaling(2.0)(seq))),
+        frozen(flat()(layers.Dropout(0.1)(seq))), flat()(layers.DepthwiseConv1D(3)(seq)),
+        layers.EinsumDense("ab,bc->ac", output_shape=3)(flat()(seq)),
+        flat()(layers.Attention()([seq, seq])),
+    ]
+    model = keras.Model(seq, outputs)
+    model.save(tmp_path / "m.keras")
+    config = json.loads(zipfile.ZipFile(tmp_path / "m.keras").read("config.json"))
+    planned = {layer.name: layer for layer in config_layers(config)}
+    for layer in tfmot.leaf_layers(model):
+        truth = {"prune": Pruning.supports(layer), "cluster": Clustering.supports(layer)}
+        for slot, supported in truth.items():
+            assert tfmot_layers.supports(slot, tfmot.described(layer)) == supported, layer
+            assert tfmot_layers.supports(slot, planned[layer.name]) in (None, supported), layer
