@@ -64,8 +64,22 @@ def models(tmp_path_factory) -> Path:
                               keras.layers.Dense(2, name="aux")(x)])
     for suffix in (".keras", ".h5"):
         two.save(root / f"mixed{suffix}")
+    make_onnx(root / "nchw.onnx", ["N", 3, "H", "W"], ["scores"])
     write_images(root / "val", 4, seed=1, size=16)
     return root
+
+
+def make_onnx(path: Path, dims: list, outputs: list[str]) -> None:
+    """An image model: x -> GlobalAveragePool -> Flatten, as each output."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("GlobalAveragePool", ["x"], ["pooled"])]
+    nodes += [helper.make_node("Flatten", ["pooled"], [name]) for name in outputs]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), path)
 
 
 def project(models: Path, tmp_path: Path) -> Path:
@@ -120,6 +134,64 @@ def test_include_and_exclude_must_name_layers_of_the_model(models, tmp_path):
     assert code == 2
     assert f"{recipe}:{at(text, '[conv*, heads]')}: targets.pruned.prune.include: 'heads' " \
            "matches no layer name or type of this model (its layers: rescale, norm, conv, " in err
+
+
+# -- 2. a preprocessing layout or size the model does not take ----------------------
+
+LAYOUT_RECIPE = """\
+name: layout
+source: {path: mixed.keras}
+task: detection
+data:
+  preprocess: {resize: [16, 16], layout: NCHW}
+  validation: {path: val}
+targets:
+  rpi4: {device: rpi4, quantize: false}
+"""
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_a_layout_the_keras_model_does_not_take_is_a_recipe_error(models, tmp_path, suffix):
+    recipe = project(models, tmp_path)
+    text = LAYOUT_RECIPE.replace("mixed.keras", f"mixed{suffix}")
+    code, err, imported = plan(recipe, text)
+    assert code == 2
+    assert f"{recipe}:{at(text, 'NCHW')}: data.preprocess.layout: layout is NCHW, but the " \
+           "model's input 'image' has shape [None, 16, 16, 3], channels last (NHWC); set " \
+           "layout: NHWC" in err
+    assert not imported & HEAVY, imported & HEAVY
+
+    # The right layout, the wrong size: resize must make what the model takes.
+    text = text.replace("[16, 16], layout: NCHW", "[32, 24], layout: NHWC")
+    code, err, _ = plan(recipe, text)
+    assert code == 2
+    assert f"{recipe}:{at(text, '[32, 24]')}: data.preprocess.resize: resize [32, 24] makes " \
+           "images 32 high and 24 wide, and the model's input 'image' takes 16 by 16 " \
+           "(shape [None, 16, 16, 3]); set resize: [16, 16]" in err
+
+
+def test_a_layout_the_onnx_model_does_not_take_is_a_recipe_error(models, tmp_path):
+    recipe = project(models, tmp_path)
+    # No layout: NHWC, the default. The model's height and width are dynamic, so any
+    # size goes, until source.input_shapes fixes them.
+    text = LAYOUT_RECIPE.replace("{path: mixed.keras}", "{path: nchw.onnx}").replace(
+        ", layout: NCHW", "").replace("device: rpi4", "device: x86-cpu")
+    code, err, imported = plan(recipe, text)
+    assert code == 2
+    assert f"{recipe}:{at(text, 'preprocess')}: data.preprocess.layout: layout is NHWC (the " \
+           "default), but the model's input 'x' has shape [None, 3, None, None], channels " \
+           "first (NCHW); set layout: NCHW" in err
+    assert not imported & HEAVY, imported & HEAVY
+
+    text = text.replace("{path: nchw.onnx}", "{path: nchw.onnx, input_shapes: {x: [1, 3, 8, 8]}}")
+    text = text.replace("[16, 16]}", "[16, 16], layout: NCHW}")
+    code, err, _ = plan(recipe, text)
+    assert code == 2
+    assert f"{recipe}:{at(text, '[16, 16]')}: data.preprocess.resize: resize [16, 16] makes " \
+           "images 16 high and 16 wide, and the model's input 'x' takes 8 by 8 (shape " \
+           "[1, 3, 8, 8]); set resize: [8, 8]" in err
+    code, err, _ = plan(recipe, text.replace("[16, 16]", "[8, 8]"))
+    assert code == 0, err
 
 
 @pytest.mark.slow

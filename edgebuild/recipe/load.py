@@ -113,6 +113,7 @@ class _Resolver:
         devices = self._devices(data.get("devices", {}))
         source = self._source(data["source"])
         raw_data = data.get("data", {})
+        self._check_preprocess(raw_data.get("preprocess", {}), source)
         calibration = self._dataset(raw_data, "calibration")
         validation = self._dataset(raw_data, "validation")
         self.train = self._training(raw_data.get("train"))
@@ -378,6 +379,15 @@ class _Resolver:
             if slot == "prune":
                 self._check_prune(at, spec.get("prune"), params, epochs)
             steps[slot] = replace(params, **self._resolved(slot, params, epochs, steps))
+
+    def _check_preprocess(self, spec: dict, source: Source) -> None:
+        """data.preprocess against the model's image input: its layout and size."""
+        from edgebuild.recipe.model_checks import preprocess_problems
+
+        if self.signature is not None:
+            for key_path, message in preprocess_problems(spec, self.signature,
+                                                         source.input_shapes):
+                self.complain(key_path, message)
 
     def _check_layers(self, where: tuple, spec: dict, steps: dict) -> None:
         """prune and cluster against the layers the model's config lists, so that a layer

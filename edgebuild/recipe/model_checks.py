@@ -30,3 +30,39 @@ def layer_problems(at: tuple, slot: str, params, signature: ModelSignature) -> P
     if refused:
         return [(at, tfmot_layers.refusal(slot, refused, at_plan_time=True))]
     return []
+
+
+CHANNELS = {"NHWC": 3, "NCHW": 1}  # where each layout puts the 3 colour channels
+
+
+def preprocess_problems(preprocess: dict, signature: ModelSignature,
+                        fixed: dict[str, list]) -> Problems:
+    """data.preprocess against the model's image input, its one 4-D input: the layout
+    must put the colour channels where the model takes them (images are always 3
+    channels), and a fixed height and width must be what `resize` makes. `fixed`:
+    source.input_shapes, which fix an ONNX model's dynamic dimensions."""
+    if len(signature.inputs) != 1:
+        return []
+    name, shape = next(iter(signature.inputs.items()))
+    shape = tuple(fixed.get(name, shape or ()))
+    if len(shape) != 4:
+        return []
+    layout = preprocess.get("layout", "NHWC")
+    other = next(k for k in CHANNELS if k != layout)
+    dims = "[" + ", ".join("None" if d is None else str(d) for d in shape) + "]"
+    # Images put a spatial dimension where the other layout has its channels: fine
+    # only where the model takes 3 there too.
+    if shape[CHANNELS[other]] == 3 and shape[CHANNELS[layout]] != 3:
+        default = "" if "layout" in preprocess else " (the default)"
+        where = "first" if other == "NCHW" else "last"
+        return [(("data", "preprocess", "layout"),
+                 f"layout is {layout}{default}, but the model's input '{name}' has shape "
+                 f"{dims}, channels {where} ({other}); set layout: {other}")]
+    height, width = shape[1:3] if layout == "NHWC" else shape[2:4]
+    resize = preprocess.get("resize")
+    if resize and height and width and tuple(resize) != (height, width):
+        return [(("data", "preprocess", "resize"),
+                 f"resize [{resize[0]}, {resize[1]}] makes images {resize[0]} high and "
+                 f"{resize[1]} wide, and the model's input '{name}' takes {height} by "
+                 f"{width} (shape {dims}); set resize: [{height}, {width}]")]
+    return []
