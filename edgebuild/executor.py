@@ -179,8 +179,13 @@ def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None, state:
     # Toolchains' temporary files and Keras's config go into the work folder, which
     # is removed whatever happens, and matplotlib's font cache (pycocotools imports
     # it) into the cache's state: nothing is written to /tmp or $HOME.
+    # TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI, BF16 or AMX,
+    # and oneDNN picks kernels by instruction set: Keras outputs and tfmot fine-tuning
+    # then differ from machine to machine. Its own (Eigen) kernels are the same
+    # compiled code on every x86 CPU, so every machine computes the same bytes.
     (work / "tmp").mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
+           "TF_ENABLE_ONEDNN_OPTS": "0",
            "TF_USE_LEGACY_KERAS": "1", "PYTHONHASHSEED": "0", "TMPDIR": str(work / "tmp"),
            "KERAS_HOME": str(work / "keras"),
            "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR") or str(state / "matplotlib")}
