@@ -205,6 +205,8 @@ def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tupl
                     device: dict | None = None) -> str:
     data = _data_params(recipe, recipe.validation)
     task = {"task": recipe.task, "decode": recipe.decode}
+    if recipe.classifier_output:  # absent otherwise, so that keys from before it stay
+        task["classifier_output"] = recipe.classifier_output
     files = {"data": recipe.validation.path}
     for name, path in (("annotations", recipe.validation.annotations),
                        ("labels", recipe.labels), ("decoder", recipe.decoder_file)):

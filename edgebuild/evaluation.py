@@ -6,6 +6,7 @@ Runs inside steps (it imports numpy and, for detection, pycocotools).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,30 @@ def class_names(inputs: dict[str, Path]) -> list[str] | None:
     return [line.strip() for line in inputs["labels"].read_text().splitlines() if line.strip()]
 
 
-def decoder(inputs: dict[str, Path], params: dict) -> Callable | None:
-    """The recipe's detection decoder, or None where boxes are not needed."""
+# Beside the baseline's reference outputs when the recipe names a classifier_output:
+# the source's output names, in the order of the outputs.
+OUTPUT_NAMES = "names.json"
+
+
+def decoder(inputs: dict[str, Path], params: dict,
+            names: list[str] | None = None) -> Callable | None:
+    """What turns outputs into what the metrics compare: the recipe's detection decoder
+    (boxes), or for a classifier with several outputs the one holding the class scores,
+    by name among the source's outputs (`names`, else the baseline's record of them).
+    None where the outputs are used as they are."""
+    if params["task"] == "classification":
+        name = params.get("classifier_output")
+        if name is None:
+            return None
+        if names is None:
+            names = json.loads((inputs["reference"] / OUTPUT_NAMES).read_text())
+        if name not in names:
+            raise StepError(f"classifier_output: '{name}' is not an output of the source "
+                            f"model (its outputs: {', '.join(names)})")
+        index = names.index(name)
+        return lambda outputs: [outputs[index]]
     spec = params.get("decode")
-    if params["task"] != "detection" or not spec:
+    if not spec:
         return None
     from edgebuild.metrics.decoders import load_decoder
 
@@ -68,7 +89,7 @@ def task_metrics(task: str, truth: ValidationSet, outputs: list[np.ndarray],
             return None
         from edgebuild.metrics.classification import topk_accuracy
 
-        return topk_accuracy(_logits(outputs), truth.labels)
+        return topk_accuracy(_logits(decode(outputs) if decode else outputs), truth.labels)
     if truth.annotations is None or decode is None:
         return None
     from edgebuild.metrics.detection import category_mapping, coco_map
@@ -84,6 +105,8 @@ def agreement(task: str, reference: list[np.ndarray], outputs: list[np.ndarray],
     if task == "classification":
         from edgebuild.metrics.classification import top1_agreement
 
+        if decode is not None:
+            reference, outputs = decode(reference), decode(outputs)
         return "top-1 agreement", top1_agreement(_logits(reference), _logits(outputs))
     if decode is None:
         return None
@@ -96,5 +119,6 @@ def _logits(outputs: list[np.ndarray]) -> np.ndarray:
     if len(outputs) != 1:
         shapes = [o.shape[1:] for o in outputs]
         raise StepError(f"a classifier should have one output (class scores); this one has "
-                        f"{len(outputs)}: {shapes}")
+                        f"{len(outputs)}: {shapes}; name the one holding the class scores "
+                        "with `classifier_output:` in the recipe")
     return outputs[0].reshape(len(outputs[0]), -1)

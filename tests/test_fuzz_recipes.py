@@ -28,7 +28,7 @@ KNOWN_KEYS = ["name", "source", "path", "format", "task", "labels", "decode", "d
               "preprocess", "resize", "calibration", "validation", "count", "targets",
               "device", "quantize", "mode", "prune", "cluster", "compile", "budget",
               "fallback", "rpi4", "pixel", "train", "epochs", "input_shapes", "trust_source",
-              "custom_objects"]
+              "custom_objects", "classifier_output"]
 odd_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
 scalars = st.one_of(
     st.none(), st.booleans(),

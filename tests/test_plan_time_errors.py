@@ -65,6 +65,7 @@ def models(tmp_path_factory) -> Path:
     for suffix in (".keras", ".h5"):
         two.save(root / f"mixed{suffix}")
     make_onnx(root / "nchw.onnx", ["N", 3, "H", "W"], ["scores"])
+    make_onnx(root / "two.onnx", [1, 3, 16, 16], ["scores", "features"])
     write_images(root / "val", 4, seed=1, size=16)
     return root
 
@@ -192,6 +193,102 @@ def test_a_layout_the_onnx_model_does_not_take_is_a_recipe_error(models, tmp_pat
            "[1, 3, 8, 8]); set resize: [8, 8]" in err
     code, err, _ = plan(recipe, text.replace("[16, 16]", "[8, 8]"))
     assert code == 0, err
+
+
+# -- 3. a classifier with several outputs --------------------------------------------
+
+OUTPUTS_RECIPE = """\
+name: outputs
+source: {path: mixed.keras}
+task: classification
+data:
+  preprocess: {resize: [16, 16]}
+  validation: {path: val}
+targets:
+  rpi4: {device: rpi4, quantize: false}
+"""
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5", ".onnx"])
+def test_a_classifier_with_several_outputs_names_the_one_with_class_scores(models, tmp_path,
+                                                                           suffix):
+    recipe = project(models, tmp_path)
+    text = OUTPUTS_RECIPE.replace("mixed.keras", f"mixed{suffix}")
+    names = "'probs', 'aux'"
+    if suffix == ".onnx":
+        text = text.replace("mixed.onnx", "two.onnx").replace("device: rpi4", "device: x86-cpu")
+        text = text.replace("[16, 16]}", "[16, 16], layout: NCHW}")
+        names = "'scores', 'features'"
+    code, err, imported = plan(recipe, text)
+    assert code == 2
+    assert f"{recipe}:{at(text, 'classification')}: task: the model has 2 outputs ({names}); " \
+           "name the one holding the class scores with `classifier_output: NAME`" in err
+    assert not imported & HEAVY, imported & HEAVY
+
+    text = text.replace("task: classification\n", "task: classification\nclassifier_output: "
+                                                   "logits\n")
+    code, err, _ = plan(recipe, text)
+    assert code == 2
+    assert f"{recipe}:{at(text, 'logits')}: classifier_output: 'logits' is not an output of " \
+           f"the model (its outputs: {names})" in err
+
+    code, err, _ = plan(recipe, text.replace("logits", names.split("'")[1]))
+    assert code == 0, err
+
+
+def test_classifier_output_is_for_classifiers(models, tmp_path):
+    recipe = project(models, tmp_path)
+    text = OUTPUTS_RECIPE.replace("task: classification", "task: detection\nclassifier_output: "
+                                                          "probs")
+    code, err, _ = plan(recipe, text)
+    assert code == 2
+    assert f"{recipe}:{at(text, 'probs')}: classifier_output: classifier_output is for " \
+           "classification" in err
+
+
+@pytest.mark.slow
+def test_metrics_and_agreement_use_the_named_output(tmp_path):
+    """A real build (ONNX Runtime only): top-1 is computed on the named output."""
+    import json
+
+    import numpy as np
+    import onnx
+    from conftest import Project
+    from onnx import TensorProto, helper, numpy_helper
+
+    # probs = softmax(mean colour @ w), and a decoy output listed first: the mean colour.
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(3, 4)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["colour"], axes=[1, 2], keepdims=0),
+         helper.make_node("MatMul", ["colour", "w"], ["logits"]),
+         helper.make_node("Softmax", ["logits"], ["probs"])],
+        "two", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 16, 16, 3])],
+        [helper.make_tensor_value_info("colour", TensorProto.FLOAT, [1, 3]),
+         helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                                ir_version=8), tmp_path / "two.onnx")
+    x = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    colour = (x / 255).mean(axis=(1, 2))
+    y = np.argmax(colour @ w, axis=1)  # the labels probs predicts
+    assert np.mean(np.argmax(colour, axis=1) == y) < 0.5  # and the decoy does not
+    np.savez(tmp_path / "val.npz", x=x, y=y)
+    (tmp_path / "two.yaml").write_text(OUTPUTS_RECIPE.replace("mixed.keras", "two.onnx")
+                                       .replace("task: classification", "task: classification"
+                                                "\nclassifier_output: probs")
+                                       .replace("[16, 16]}", "[16, 16], scale: "
+                                                "0.00392156862745098}")
+                                       .replace("{path: val}", "{path: val.npz}")
+                                       .replace("device: rpi4", "device: x86-cpu"))
+    built = Project(tmp_path, "two.yaml").build()
+    assert built["targets"]["rpi4"]["status"] == "ok"
+    report = json.loads((tmp_path / "dist" / "outputs" / "report.json").read_text())
+    assert report["baseline"]["metrics"]["top1"] == 1.0
+    (target,) = report["targets"]
+    assert target["metrics"]["top1"] == 1.0
+    assert target["fidelity"]["agreement_label"] == "top-1 agreement"
+    assert target["fidelity"]["agreement"] == 1.0
 
 
 @pytest.mark.slow

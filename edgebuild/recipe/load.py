@@ -120,6 +120,7 @@ class _Resolver:
         self.source = source
         self.task = data["task"]
         self.decode, decoder_file = self._decode(data.get("decode"))
+        classifier_output = self._classifier_output(data.get("classifier_output"), validation)
         self.measures_task = self._measures_task(validation)
         targets = {name: self._target(name, spec, devices, calibration, validation)
                    for name, spec in data["targets"].items()}
@@ -129,7 +130,8 @@ class _Resolver:
             path=self.path, name=data["name"], task=data["task"], source=source,
             preprocess=_preprocess(raw_data.get("preprocess", {})), targets=targets,
             labels=labels, calibration=calibration, validation=validation, train=self.train,
-            decode=self.decode, decoder_file=decoder_file, text_digest=digest,
+            decode=self.decode, decoder_file=decoder_file, classifier_output=classifier_output,
+            text_digest=digest,
             warnings=tuple(str(w) for w in warnings))
 
     # -- devices ---------------------------------------------------------------------
@@ -379,6 +381,16 @@ class _Resolver:
             if slot == "prune":
                 self._check_prune(at, spec.get("prune"), params, epochs)
             steps[slot] = replace(params, **self._resolved(slot, params, epochs, steps))
+
+    def _classifier_output(self, name: str | None, validation: Dataset | None) -> str | None:
+        """The output holding a classifier's scores, checked against the model's outputs."""
+        from edgebuild.recipe.model_checks import scores_output
+
+        resolved, problems = scores_output(self.task, name, self.signature,
+                                           validation is not None)
+        for key_path, message in problems:
+            self.complain(key_path, message)
+        return resolved
 
     def _check_preprocess(self, spec: dict, source: Source) -> None:
         """data.preprocess against the model's image input: its layout and size."""

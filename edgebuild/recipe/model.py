@@ -137,6 +137,9 @@ class Recipe:
     # "module:function", **options}; `decoder_file` is a plug-in's source, if local.
     decode: dict | None = None
     decoder_file: Path | None = None
+    # Classification: the output holding the class scores, as the baseline step names
+    # it (None: the model's only output).
+    classifier_output: str | None = None
     text_digest: str = ""
     warnings: tuple[str, ...] = ()  # located, like errors, but the build goes on
 

@@ -66,3 +66,28 @@ def preprocess_problems(preprocess: dict, signature: ModelSignature,
                  f"{resize[1]} wide, and the model's input '{name}' takes {height} by "
                  f"{width} (shape {dims}); set resize: [{height}, {width}]")]
     return []
+
+
+def scores_output(task: str, name: str | None, signature: ModelSignature | None,
+                  validated: bool) -> tuple[str | None, Problems]:
+    """classifier_output, as the baseline step will name it: a classifier's metrics
+    need to know which output holds the class scores where the model has several
+    (`validated`: the recipe gives data.validation, so metrics are computed)."""
+    if task != "classification":
+        if name is None:
+            return None, []
+        return None, [(("classifier_output",), "classifier_output is for classification; "
+                       "a detector's decoder (`decode:`) takes every output")]
+    if signature is None or not signature.outputs:
+        return name, []  # a SavedModel: the baseline step checks the name
+    if name is None:
+        if len(signature.outputs) > 1 and validated:
+            return None, [(("task",), f"the model has {len(signature.outputs)} outputs "
+                           f"({signature.describe_outputs()}); name the one holding the class "
+                           "scores with `classifier_output: NAME`")]
+        return None, []
+    resolved = signature.output(name)
+    if resolved is None:
+        return None, [(("classifier_output",), f"'{name}' is not an output of the model (its "
+                       f"outputs: {signature.describe_outputs()})")]
+    return resolved, []

@@ -37,15 +37,17 @@ def run_onnx(ctx: StepContext) -> dict:
 
 
 def _save(ctx: StepContext, truth, names: list[str], outputs: list[np.ndarray]) -> dict:
-    from edgebuild.evaluation import class_names, decoder, task_metrics
+    from edgebuild.evaluation import OUTPUT_NAMES, class_names, decoder, task_metrics
 
     # One .npy per output: byte-stable, unlike .npz, whose zip members carry the time.
     folder = ctx.output("outputs", "reference")
     folder.mkdir()
     for i, array in enumerate(outputs):
         np.save(folder / f"output_{i}.npy", array.astype(np.float32))
+    if ctx.params.get("classifier_output"):  # validation picks the class scores by name
+        (folder / OUTPUT_NAMES).write_text(json.dumps(list(names)))
     metrics = task_metrics(ctx.params["task"], truth, outputs,
-                           decoder(ctx.inputs, ctx.params), class_names(ctx.inputs))
+                           decoder(ctx.inputs, ctx.params, names), class_names(ctx.inputs))
     ctx.output("metrics", "metrics.json").write_text(
         json.dumps({"metrics": metrics, "samples": len(truth.x)}, sort_keys=True))
     return {"outputs": names, "shapes": [list(a.shape) for a in outputs],
