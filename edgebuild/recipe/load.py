@@ -246,9 +246,12 @@ class _Resolver:
         if not rungs:
             return ()
         at = (*where, "fallback")
-        if "validate" not in steps or not budget:
+        if "validate" not in steps:
+            self.complain(at, "a fallback ladder steps down while the budget fails, which "
+                          "validation finds out; drop `validate: false` or the ladder")
+        elif not budget:
             self.complain(at, "a fallback ladder steps down while the budget fails, so it "
-                          "needs validation and a budget; add `budget:` to the target")
+                          "needs a budget; add `budget:` to the target")
         base = steps.get("quantize") or QuantizeParams()
         ladder = []
         for i, name in enumerate(rungs):
