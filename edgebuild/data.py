@@ -11,13 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebuild.errors import StepError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
-
-
-def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+from edgebuild.sample_files import IMAGE_SUFFIXES, image_files
 
 
 def load_samples(path: Path, params: dict) -> np.ndarray:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import write_images
 
@@ -67,6 +68,10 @@ def models(tmp_path_factory) -> Path:
     make_onnx(root / "nchw.onnx", ["N", 3, "H", "W"], ["scores"])
     make_onnx(root / "two.onnx", [1, 3, 16, 16], ["scores", "features"])
     write_images(root / "val", 4, seed=1, size=16)
+    x = np.random.default_rng(2).integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    np.savez(root / "labelled.npz", x=x, y=np.arange(6) % 4)
+    np.savez_compressed(root / "unlabelled.npz", x=x)
+    np.savez(root / "misnamed.npz", images=x)
     return root
 
 
@@ -246,12 +251,72 @@ def test_classifier_output_is_for_classifiers(models, tmp_path):
            "classification" in err
 
 
+# -- 4. counts beyond the data, labels the recipe needs ------------------------------
+
+DATA_RECIPE = """\
+name: data
+source: {path: mixed.keras}
+task: classification
+classifier_output: probs
+data:
+  preprocess: {resize: [16, 16]}
+  calibration: {path: val, count: 10}
+  validation: {path: labelled.npz, count: 8}
+  train: {path: labelled.npz, loss: sparse_categorical_crossentropy, count: 7}
+targets:
+  rpi4: {device: rpi4, prune: {include: [conv]}}
+"""
+
+
+def test_counts_beyond_the_data_are_recipe_errors(models, tmp_path):
+    recipe = project(models, tmp_path)
+    code, err, imported = plan(recipe, DATA_RECIPE)
+    assert code == 2
+    assert f"{recipe}:{at(DATA_RECIPE, '10}')}: data.calibration.count: count is 10, but 'val' " \
+           "holds 4 images; lower count, or drop it to use them all" in err
+    assert f"{recipe}:{at(DATA_RECIPE, '8}')}: data.validation.count: count is 8, but " \
+           "'labelled.npz' holds 6 samples (the length of its x)" in err
+    assert f"{recipe}:{at(DATA_RECIPE, '7}')}: data.train.count: count is 7, but " in err
+    assert not imported & HEAVY, imported & HEAVY
+
+    fixed = DATA_RECIPE.replace("count: 10", "count: 4").replace("count: 8", "count: 6")
+    code, err, _ = plan(recipe, fixed.replace(", count: 7", ""))
+    assert code == 0, err
+
+
+def test_labels_the_recipe_needs_are_recipe_errors(models, tmp_path):
+    recipe = project(models, tmp_path)
+    text = DATA_RECIPE.replace(", count: 10", "").replace(", count: 8", "").replace(
+        ", count: 7", "").replace("labelled.npz", "unlabelled.npz").replace(
+        "[conv]}}", "[conv]}, budget: {max_drop_points: 1}}")
+    code, err, imported = plan(recipe, text)
+    assert code == 2
+    # A drop in top-1 needs labels to measure it on...
+    assert f"{recipe}:{at(text, '1}}')}: targets.rpi4.budget.max_drop_points: an accuracy " \
+           "drop needs task metrics, which need labelled data.validation (an .npz with y, " \
+           "or images in class sub-folders)" in err
+    # ...and so does fine-tuning with a classification loss.
+    assert f"{recipe}:{at(text, 'sparse_categorical')}: data.train.loss: loss " \
+           "sparse_categorical_crossentropy needs labels, and 'unlabelled.npz' has none" in err
+    assert not imported & HEAVY, imported & HEAVY
+
+    # Without a drop budget of its own, the device's default one is left out, as for a
+    # detector without annotations; distillation needs no labels.
+    code, err, _ = plan(recipe, text.replace(", budget: {max_drop_points: 1}", "").replace(
+        "sparse_categorical_crossentropy", "distill"))
+    assert code == 0, err
+
+    code, err, _ = plan(recipe, text.replace("{path: unlabelled.npz}", "{path: misnamed.npz}"))
+    assert code == 2
+    assert "data.validation.path: 'misnamed.npz' has no array x (its arrays: images); an " \
+           ".npz dataset keeps its samples in x, and labels in y" in err
+
+
 @pytest.mark.slow
 def test_metrics_and_agreement_use_the_named_output(tmp_path):
     """A real build (ONNX Runtime only): top-1 is computed on the named output."""
     import json
 
-    import numpy as np
     import onnx
     from conftest import Project
     from onnx import TensorProto, helper, numpy_helper

@@ -205,10 +205,14 @@ class _Resolver:
 
     def _measures_task(self, validation: Dataset | None) -> bool:
         """Whether validation can compute task metrics (and so accuracy drops). For
-        classification that depends on labels in the data, known only when it loads."""
+        classification that depends on labels in the data (an .npz's y, class folders)."""
+        from edgebuild.recipe.data_checks import is_labelled
+
         if validation is None:
             return False
-        return self.task == "classification" or bool(validation.annotations and self.decode)
+        if self.task == "classification":  # a missing path is reported already
+            return not validation.path.exists() or is_labelled(validation.path)
+        return bool(validation.annotations and self.decode)
 
     def _budget(self, where: tuple, device: Device, own: dict, steps: dict) -> Budget:
         # A profile's default drop budget applies where drops can be measured; a
@@ -222,7 +226,8 @@ class _Resolver:
         drops = [k for k in own if k.startswith("max_drop") or k == "metric"]
         if drops and not self.measures_task and "validate" in steps:
             need = ("data.validation.annotations and `decode:`" if self.task == "detection"
-                    else "data.validation")
+                    else "labelled data.validation (an .npz with y, or images in class "
+                    "sub-folders)")
             self.complain((*where, "budget", drops[0]), f"an accuracy drop needs task metrics, "
                           f"which need {need}; add them or drop `{drops[0]}`")
         if budget.metric and budget.metric not in TASK_METRICS[self.task]:
@@ -449,6 +454,9 @@ class _Resolver:
         if spec is None:
             return None
         path = self._existing(("data", "train", "path"), spec["path"])
+        if path:
+            self._check_samples("train", path, spec.get("count"), False)
+            self._check_labels(path, spec["loss"])
         known = {k: spec[k] for k in ("count", "epochs", "batch_size", "learning_rate", "seed")
                  if k in spec}
         return Training(path=path or Path(spec["path"]), loss=spec["loss"], **known)
@@ -548,11 +556,29 @@ class _Resolver:
         if spec is None:
             return None
         path = self._existing(("data", role, "path"), spec["path"])
+        if path:
+            self._check_samples(role, path, spec.get("count"), "annotations" in spec)
         # Missing annotations are reported here; for the rest of the recipe they are given.
         annotations = (self._existing(("data", role, "annotations"), spec["annotations"])
                        or Path(spec["annotations"]) if "annotations" in spec else None)
         return Dataset(path=path or Path(spec["path"]), annotations=annotations,
                        count=spec.get("count"))
+
+    def _check_samples(self, role: str, path: Path, count: int | None, annotated: bool) -> None:
+        """data.<role> holds samples, and at least `count` of them (else fewer were used)."""
+        from edgebuild.recipe.data_checks import sample_problems
+
+        for key_path, message in sample_problems(role, path, count, annotated):
+            self.complain(key_path, message)
+
+    def _check_labels(self, path: Path, loss: str) -> None:
+        """Fine-tuning losses other than distill compare the model's outputs with labels."""
+        from edgebuild.recipe.data_checks import LABELLED, is_labelled
+
+        if loss != "distill" and not is_labelled(path):
+            self.complain(("data", "train", "loss"), f"loss {loss} needs labels, and "
+                          f"'{path.name}' has none (labels: {LABELLED}); add them, or use "
+                          "loss: distill, which learns from the source model's outputs")
 
     def _existing(self, key_path: tuple, value: str) -> Path | None:
         path = (self.path.parent / value).resolve()
