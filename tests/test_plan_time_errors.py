@@ -8,6 +8,8 @@ planning imported can be checked.
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -131,6 +133,22 @@ def test_layers_tfmot_refuses_are_recipe_errors(models, tmp_path, suffix):
     # Leaving them out (by type or name) plans; nothing else of the model is refused.
     code, err, _ = plan(recipe, LAYERS_RECIPE.split("targets:")[0] + "targets:\n" + FIXED)
     assert code == 0, err
+
+
+def test_an_unchanged_h5_model_is_checked_once(models, tmp_path):
+    """h5py costs a no-op plan 0.2 s or more: a recipe that passed with this .h5 file
+    (by its stat, as the hashing stat cache keys files) is not checked again."""
+    recipe = project(models, tmp_path)
+    (tmp_path / "mixed.h5").unlink()
+    shutil.copy(models / "mixed.h5", tmp_path / "mixed.h5")
+    text = LAYERS_RECIPE.replace("mixed.keras", "mixed.h5").split("targets:")[0] + \
+        "targets:\n" + FIXED
+    runs = [plan(recipe, text) for _ in range(2)]
+    assert [code for code, _, _ in runs] == [0, 0], runs
+    assert "h5py" in runs[0][2] and "h5py" not in runs[1][2]
+    os.utime(tmp_path / "mixed.h5", ns=(0, 0))  # a changed file is checked again
+    code, err, imported = plan(recipe, text)
+    assert code == 0 and "h5py" in imported, err
 
 
 def test_include_and_exclude_must_name_layers_of_the_model(models, tmp_path):

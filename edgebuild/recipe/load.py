@@ -74,6 +74,7 @@ class _Resolver:
         self.path, self.display, self.text, self.doc, self.memo = path, display, text, doc, memo
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
+        self.model_memo: str | None = None  # an .h5 model checked once, while unchanged
 
     def complain(self, key_path: tuple, message: str, about_key: bool = False) -> None:
         self.problems.append(self._located(key_path, message, about_key))
@@ -107,6 +108,8 @@ class _Resolver:
         self.fail_if_problems()
         if self.memo:
             self.memo.add(digest)
+            if self.model_memo:
+                self.memo.add(self.model_memo)
         return recipe
 
     def _build(self, data: dict, digest: str) -> Recipe:
@@ -400,6 +403,17 @@ class _Resolver:
             self.complain(key_path, message)
         return resolved
 
+    def _h5_checked(self, path: Path) -> bool:
+        """Whether this recipe passed with this .h5 file before: reading its config
+        takes h5py (and numpy), 0.2 s or more, so no-op runs skip it while the recipe,
+        the catalog and the file's stat, as the hashing stat cache keys it, are unchanged."""
+        stat = path.stat()
+        self.model_memo = hashlib.sha256("\0".join(
+            ["h5 model checks", __version__, self.text, catalog_text(), str(path),
+             *map(str, (stat.st_dev, stat.st_ino, stat.st_mtime_ns, stat.st_size))]
+        ).encode()).hexdigest()
+        return bool(self.memo and self.memo.seen(self.model_memo))
+
     def _check_preprocess(self, spec: dict, source: Source) -> None:
         """data.preprocess against the model's image input: its layout and size."""
         from edgebuild.recipe.model_checks import preprocess_problems
@@ -532,7 +546,7 @@ class _Resolver:
                 return signature.onnx_signature(path)
             except (ValueError, OSError):
                 return None  # prepare.onnx's checker says what is wrong with it
-        if fmt != "keras":
+        if fmt != "keras" or (path.suffix != ".keras" and self._h5_checked(path)):
             return None
         try:
             config = keras_files.model_config(path)  # .keras: read and CRC-checked in full
