@@ -53,7 +53,7 @@ IMPLS = {impl.name: impl for impl in (
     Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite",
          (*TFLITE, "numpy", "pillow"),
          loads_keras=True),
-    Impl("quantize.onnx", 5, "edgebuild.steps.quantize_onnx:run",
+    Impl("quantize.onnx", 6, "edgebuild.steps.quantize_onnx:run",
          ("onnx", "onnxruntime", "numpy", "pillow")),
     # The host's GPU and TensorRT version are in the key through `device`; heavy, since
     # a build holds GPU memory that only a process exit reliably gives back.

@@ -2,8 +2,10 @@
 
 - dynamic: int8 or uint8 weights; activations quantized on the fly at run time.
 - int8 (static QDQ): weights and activations, per tensor or per channel, with ranges
-  calibrated on data.calibration by MinMax, Entropy or Percentile. For TensorRT the
-  quantization is symmetric int8 throughout, the only kind it executes.
+  calibrated on data.calibration by MinMax, Entropy or Percentile. For ONNX Runtime's
+  CPU, hard-swish, hard-sigmoid and squeeze-excite are rewritten to run on its int8
+  kernels too (toolchains/onnx_int8_activations). For TensorRT the quantization is
+  symmetric int8 throughout, the only kind it executes.
 - fp16: float16 weights and compute, with float32 or float16 inputs and outputs.
 
 `keep_float` excludes node names or op types from any of them, e.g. a detector's head.
@@ -43,8 +45,7 @@ def run(ctx: StepContext) -> dict:
     elif mode == "dynamic":
         _dynamic(model, out, params, excluded_nodes, excluded_ops)
     else:
-        facts["calibration_samples"] = _static(ctx, model, out, params, excluded_nodes,
-                                               excluded_ops)
+        facts.update(_static(ctx, model, out, params, excluded_nodes, excluded_ops))
     if excluded_nodes or excluded_ops:
         facts["kept_float"] = {"nodes": excluded_nodes, "op_types": excluded_ops}
     return {"facts": facts, "bytes": out.stat().st_size, "mode": mode}
@@ -61,7 +62,7 @@ def _dynamic(model, out, params: dict, nodes: list[str], ops: list[str]) -> None
 
 
 def _static(ctx: StepContext, model, out, params: dict, nodes: list[str],
-            ops: list[str]) -> int:
+            ops: list[str]) -> dict:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -72,6 +73,8 @@ def _static(ctx: StepContext, model, out, params: dict, nodes: list[str],
     from onnxruntime.quantization.registry import QDQRegistry
 
     from edgebuild.data import load_samples
+    from edgebuild.toolchains import onnx_int8_activations as activations
+    from edgebuild.toolchains import onnx_tools as tools
 
     samples = load_samples(ctx.inputs["calibration"], params["calibration"])
     input_name = model.graph.input[0].name
@@ -100,7 +103,14 @@ def _static(ctx: StepContext, model, out, params: dict, nodes: list[str],
     symmetric = params.get("symmetric", False)
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
     method = CALIBRATION_METHODS[params.get("calibration_method") or "minmax"]
-    op_types = _quantized_ops(QDQRegistry, ops)
+    # For ONNX Runtime's CPU, hard-swish, hard-sigmoid and squeeze-excite run on int8
+    # too (see onnx_int8_activations), and keeping some op types float no longer
+    # drops Add, Mul, GlobalAveragePool and Concat with them; what reads only the kept
+    # ops' float results stays float. TensorRT fuses on its own.
+    rewrites = {} if symmetric else activations.prepare(model, nodes, ops)
+    op_types = (_quantized_ops(QDQRegistry, ops) if symmetric
+                else activations.quantized_op_types(ops))
+    downstream = [] if symmetric else tools.float_successors(model, nodes, ops)
     ranges = None
     if method == "Entropy":
         ranges = _entropy_ranges(ctx, model, op_types or list(QDQRegistry), Samples())
@@ -108,11 +118,16 @@ def _static(ctx: StepContext, model, out, params: dict, nodes: list[str],
         model, str(out), None if ranges else Samples(), quant_format=QuantFormat.QDQ,
         per_channel=params["per_channel"],
         activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, nodes_to_exclude=nodes or None,
+        weight_type=QuantType.QInt8, nodes_to_exclude=[*nodes, *downstream] or None,
         op_types_to_quantize=op_types, reduce_range=not symmetric,
         calibrate_method=getattr(CalibrationMethod, method),
         extra_options=extra or None, calibration_cache_path=ranges)
-    return len(samples)
+    if not symmetric:
+        rewrites.update(activations.finish(out, nodes, ops))
+    facts = {"calibration_samples": len(samples)}
+    if downstream:
+        facts["float_after_kept"] = len(downstream)
+    return {**facts, "int8_activations": rewrites} if rewrites else facts
 
 
 def _entropy_ranges(ctx: StepContext, model, op_types: list[str], reader):

@@ -12,6 +12,8 @@ from edgebuild.errors import StepError, first_line
 # QuantizeLinear/DequantizeLinear take a per-channel `axis` from opset 13 on; older
 # models are upgraded so that per-channel quantization (and TensorRT) can read them.
 MIN_OPSET = 13
+# The ops whose int8 kernels make quantization worth it.
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def load_checked(path: Path):
@@ -130,6 +132,29 @@ def matching_nodes(model, patterns: tuple[str, ...]) -> list[str]:
                             f"model (e.g. {', '.join(names[-5:]) or 'its nodes have no names'})")
         matched.extend(h for h in hits if h not in matched)
     return matched
+
+
+def float_successors(model, nodes: list[str], ops: list[str]) -> list[str]:
+    """Names of the nodes other than convolutions and matrix products that read only
+    tensors computed in float by the kept `nodes` or `ops`, or by such nodes (constants
+    aside). Quantizing them puts a QuantizeLinear and a DequantizeLinear inside the
+    float part, say a detector's box decoding, which costs accuracy and time for
+    nothing; a convolution gains from int8 wherever it is."""
+    weights = {init.name for init in model.graph.initializer}
+    weights.update(o for node in model.graph.node if node.op_type == "Constant"
+                   for o in node.output)
+    float_tensors: set[str] = set()
+    successors: list[str] = []
+    for node in model.graph.node:  # topological order: producers come first
+        dynamic = [i for i in node.input if i and i not in weights]
+        kept = node.name in nodes or node.op_type in ops
+        follows = (node.op_type not in WEIGHTED_OPS and bool(dynamic)
+                   and all(i in float_tensors for i in dynamic))
+        if kept or follows:
+            float_tensors.update(node.output)
+        if follows and not kept:
+            successors.append(node.name)
+    return successors
 
 
 def name_nodes(model) -> int:
