@@ -86,7 +86,8 @@ def _dequantize(y: np.ndarray, detail: dict) -> np.ndarray:
     return (y.astype(np.float32) - zero) * scale
 
 
-QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+INTEGER_OPS = {"ConvInteger", "MatMulInteger"}  # dynamic quantization's; and QLinear*
 CONVERSION_OPS = {"QUANTIZE", "DEQUANTIZE"}
 
 
@@ -139,6 +140,9 @@ def _onnx_ops(path: Path) -> list[tuple[str, bool]]:
     ops = []
     for node in graph.node:
         if node.op_type in QDQ_OPS:
+            continue
+        if node.op_type in INTEGER_OPS or node.op_type.startswith("QLinear"):
+            ops.append((node.op_type, False))
             continue
         inputs_quantized = all(made_by.get(i) == "DequantizeLinear" for i in node.input if i)
         outputs_quantized = all("QuantizeLinear" in read_by.get(o, ()) for o in node.output)
