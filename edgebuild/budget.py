@@ -42,9 +42,12 @@ class Check:
 def drop(value: float, baseline: float, samples: int | None = None) -> Fraction | float:
     """How far `value` fell below `baseline` (fractions). Counts over `samples` give an
     exact fraction, so that a drop of exactly a limit is not a hair above it."""
-    if samples:
-        return Fraction(round(baseline * samples) - round(value * samples), samples)
-    return baseline - value
+    return _exact(baseline, samples) - _exact(value, samples)
+
+
+def _exact(value: float, samples: int | None) -> Fraction | float:
+    """A fraction of `samples` as the exact count it stands for; else as it is."""
+    return Fraction(round(value * samples), samples) if samples else value
 
 
 def check(budget: dict, m: Measured) -> Check:
@@ -59,8 +62,8 @@ def check(budget: dict, m: Measured) -> Check:
     fell = None if m.value is None or m.baseline is None else drop(m.value, m.baseline,
                                                                    m.samples)
     at_most("max_drop_points", f"{m.metric_label} drop", fell, "points", 100)
-    relative = fell / (Fraction(round(m.baseline * m.samples), m.samples) if m.samples
-                       else m.baseline) if fell is not None and m.baseline else None
+    relative = fell / _exact(m.baseline, m.samples) if fell is not None and m.baseline \
+        else None
     at_most("max_drop_percent", f"{m.metric_label} relative drop", relative, "%", 100)
     for output in m.fidelity:
         at_least("min_cosine", f"output {output['output']} cosine", output["cosine"], "")
