@@ -201,7 +201,7 @@ def deferred_targets(project: Project) -> dict[str, str]:
 def build(project: Project, settings: Settings, console: Console) -> BuildReport:
     """Run what is stale. A ladder whose rung misses its budget steps down a rung and
     the build goes on, until every ladder holds its budget or runs out of rungs."""
-    from edgebuild.executor import Executor, Outcome
+    from edgebuild.executor import Executor, Outcome, stop
 
     started = time.monotonic()
     executor = Executor(project.cache, project.resolver, console, project.runner)
@@ -216,7 +216,11 @@ def build(project: Project, settings: Settings, console: Console) -> BuildReport
             from edgebuild import engine  # doit is imported only when there is work
 
             console.say(f"{project.recipe.name}: {len(to_run)} of {len(states)} steps to run")
-            failures.update(engine.run(to_run, executor.is_built, executor.build, jobs))
+            try:
+                failures.update(engine.run(to_run, executor.is_built, executor.build, jobs))
+            except KeyboardInterrupt:
+                stop()  # no queued step starts; the steps in flight unwind first
+                raise
         moves = _next_rungs(project)
         if not moves:
             break

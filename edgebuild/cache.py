@@ -23,13 +23,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgebuild.errors import BuildError
-from edgebuild.fsutil import atomic_write, canonical_json, scratch
+from edgebuild.fsutil import atomic_write, canonical_json, scratch_dir, scratch_file
 from edgebuild.hashing import StatCache, sha256_bytes, walk_files
 
 if TYPE_CHECKING:
@@ -195,8 +194,7 @@ class Cache:
     def put_file(self, path: Path) -> Output:
         """Store a file, hashing it as it is copied."""
         hasher = hashlib.sha256()
-        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
-        with scratch(Path(tmp)):
+        with scratch_file(self.tmp, "blob-") as (fd, tmp):
             with open(path, "rb") as src, os.fdopen(fd, "wb") as dst:
                 while chunk := src.read(1 << 20):
                     hasher.update(chunk)
@@ -204,17 +202,16 @@ class Cache:
                 dst.flush()
                 os.fsync(dst.fileno())
             digest = hasher.hexdigest()
-            self._install(Path(tmp), digest)
+            self._install(tmp, digest)
         return Output(digest=digest, size=path.stat().st_size, name=path.name)
 
     def put_bytes(self, data: bytes, name: str) -> Output:
         digest = sha256_bytes(data)
         if not self.has_blob(digest):
-            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="blob-")
-            with scratch(Path(tmp)):
+            with scratch_file(self.tmp, "blob-") as (fd, tmp):
                 with os.fdopen(fd, "wb") as dst:
                     dst.write(data)
-                self._install(Path(tmp), digest)
+                self._install(tmp, digest)
         return Output(digest=digest, size=len(data), name=name)
 
     def put_tree(self, folder: Path) -> Output:
@@ -250,10 +247,9 @@ class Cache:
         if path.is_file() or self.remote is None or not self.remote.usable:
             return path
         self.ensure()
-        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix="fetch-")
-        os.close(fd)
-        with scratch(Path(tmp)):
-            if not self.remote.fetch_blob(digest, Path(tmp)):
+        with scratch_file(self.tmp, "fetch-") as (fd, tmp):
+            os.close(fd)
+            if not self.remote.fetch_blob(digest, tmp):
                 self._evict_referencing(digest)
                 raise CorruptBlob(f"blob {digest[:12]} is in no cache any more (remote: "
                                   f"{self.remote.failure or 'missing'}); run again to rebuild it")
@@ -263,7 +259,7 @@ class Cache:
                     self._evict_referencing(digest)
                     raise CorruptBlob(f"remote cache blob {digest[:12]} is corrupt and was "
                                       "removed; run again to rebuild it")
-            self._install(Path(tmp), digest)
+            self._install(tmp, digest)
         return path
 
     def tree_listing(self, output: Output) -> dict[str, tuple[str, int, bool]]:
@@ -303,9 +299,11 @@ class Cache:
 
     # -- housekeeping ----------------------------------------------------------------
 
-    def workdir(self, label: str) -> Path:
+    def workdir(self, label: str):
+        """A private work folder under tmp/, removed when the block ends (or the
+        process exits)."""
         self.tmp.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(dir=self.tmp, prefix=f"{label}-"))
+        return scratch_dir(self.tmp, f"{label}-")
 
     def add_root(self, lock_path: Path) -> None:
         name = hashlib.sha256(str(lock_path.resolve()).encode()).hexdigest()[:32]

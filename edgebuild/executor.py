@@ -21,7 +21,7 @@ from pathlib import Path
 from edgebuild.cache import Cache, Entry, Output
 from edgebuild.console import Console, parse_progress
 from edgebuild.errors import BuildError
-from edgebuild.fsutil import file_sizes, scratch
+from edgebuild.fsutil import file_sizes
 from edgebuild.graph import Node
 from edgebuild.plan import Resolver, rejected
 
@@ -58,6 +58,16 @@ class Executor:
     def build(self, node: Node) -> bool:
         if node.id in self.outcomes and self.outcomes[node.id].status == "failed":
             return False  # a ladder's next pass: already failed, and already said so
+        if _exiting.is_set():  # Ctrl-C: doit's threads may still hold queued steps
+            self.outcomes[node.id] = Outcome("failed", "interrupted")
+            return False
+        _building.add(threading.current_thread())
+        try:
+            return self._build_and_record(node)
+        finally:
+            _building.discard(threading.current_thread())
+
+    def _build_and_record(self, node: Node) -> bool:
         cached = self.resolver.entry_of(node.id)
         if cached is None:
             self.console.step_started(node)
@@ -131,7 +141,7 @@ class StepJob:
 def run_step(cache: Cache, job: StepJob, progress: Callable[[str], None] | None = None) -> Entry:
     """Materialize the inputs, run the step, commit its outputs (and, with a remote
     cache, upload them). The work folder goes whatever happens."""
-    with scratch(cache.workdir(f"{job.kind}-{job.key[:12]}")) as work:
+    with cache.workdir(f"{job.kind}-{job.key[:12]}") as work:
         inputs = dict(job.files)
         for name, output in job.inputs.items():
             inputs[name] = str(cache.materialize(output, work / "in" / name / output.name))
@@ -159,15 +169,27 @@ def run_step(cache: Cache, job: StepJob, progress: Callable[[str], None] | None 
 # Worker processes running now: stopped if this process exits first (Ctrl-C), so none
 # goes on writing into a work folder that is being removed.
 _workers: set[subprocess.Popen] = set()
-_exiting = threading.Event()  # set at exit: a killed worker is then no failure to report
+_workers_lock = threading.Lock()
+_exiting = threading.Event()  # set on Ctrl-C or at exit: start nothing, report no failure
+_building: set[threading.Thread] = set()  # threads inside Executor.build
 
 
-@atexit.register
-def _stop_workers() -> None:
-    _exiting.set()
-    for proc in list(_workers):
+def stop(wait: float = 30.0) -> None:
+    """Stop the build: start no step or worker, kill the workers, and give the steps
+    in flight up to `wait` seconds to unwind (remove their work folders), so that the
+    process exits with nothing left in the cache's tmp/."""
+    with _workers_lock:
+        _exiting.set()
+        workers = list(_workers)
+    for proc in workers:
         proc.kill()
         proc.wait()
+    deadline = time.monotonic() + wait
+    for thread in list(_building - {threading.current_thread()}):
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+atexit.register(stop, wait=5.0)
 
 
 def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None, state: Path) -> dict:
@@ -190,9 +212,13 @@ def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None, state:
            "KERAS_HOME": str(work / "keras"),
            "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR") or str(state / "matplotlib")}
     with open(work / "step.log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "edgebuild.worker", str(job_path)],
-                                stdout=subprocess.PIPE, stderr=log, env=env, cwd=work)
-        _workers.add(proc)
+        with _workers_lock:  # none starts once `stop` has begun
+            if _exiting.is_set():
+                raise BuildError("interrupted")
+            proc = subprocess.Popen([sys.executable, "-m", "edgebuild.worker",
+                                     str(job_path)], stdout=subprocess.PIPE, stderr=log,
+                                    env=env, cwd=work)
+            _workers.add(proc)
         try:
             for raw in proc.stdout:
                 line = raw.decode(errors="replace").rstrip()

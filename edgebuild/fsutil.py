@@ -40,9 +40,8 @@ def atomic_write(path: Path, data: bytes, tmp_dir: Path | None = None) -> None:
     """Write to a temporary file beside the target, fsync, then rename over it, so a
     reader sees the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=tmp_dir or path.parent, prefix=f".{path.name}.",
-                               suffix=".tmp")
-    with scratch(Path(tmp)):  # gone once renamed; removed if anything fails first
+    # Gone once renamed; removed if anything fails first.
+    with scratch_file(tmp_dir or path.parent, f".{path.name}.", ".tmp") as (fd, tmp):
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -75,16 +74,44 @@ def file_sizes(path: Path) -> dict:
 
 # Temporary files and folders in use. Steps run in doit's daemon threads, which die
 # with the process without running their `finally` blocks (Ctrl-C), so what they
-# hold is also removed at exit.
+# hold is also removed at exit. They are made and registered under one lock, and none
+# is made once the exit's clean-up has begun: nothing can slip in between.
 _scratch: set[Path] = set()
 _scratch_lock = threading.Lock()
+_closed = False  # the process is exiting: no new temporary files
+
+
+class Exiting(OSError):
+    """A temporary file was asked for while the process exits (after Ctrl-C)."""
 
 
 @contextmanager
-def scratch(path: Path) -> Iterator[Path]:
-    """Remove `path` (a file or a folder) when the block ends, or the process does."""
+def scratch_file(folder: Path, prefix: str, suffix: str = "") -> Iterator[tuple[int, Path]]:
+    """A new file in `folder` (an open descriptor and its path), removed when the block
+    ends or the process does."""
     with _scratch_lock:
+        if _closed:
+            raise Exiting("the process is exiting")
+        fd, name = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+        _scratch.add(Path(name))
+    with _held(Path(name)):
+        yield fd, Path(name)
+
+
+@contextmanager
+def scratch_dir(folder: Path, prefix: str) -> Iterator[Path]:
+    """A new folder in `folder`, removed when the block ends or the process does."""
+    with _scratch_lock:
+        if _closed:
+            raise Exiting("the process is exiting")
+        path = Path(tempfile.mkdtemp(dir=folder, prefix=prefix))
         _scratch.add(path)
+    with _held(path):
+        yield path
+
+
+@contextmanager
+def _held(path: Path) -> Iterator[Path]:
     try:
         yield path
     finally:
@@ -102,7 +129,9 @@ def _remove(path: Path) -> None:
 
 @atexit.register
 def _remove_scratch() -> None:
+    global _closed
     with _scratch_lock:
+        _closed = True
         leftovers = list(_scratch)
     for path in leftovers:
         _remove(path)
