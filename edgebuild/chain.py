@@ -16,6 +16,9 @@ from edgebuild.recipe.model import KERAS_SLOTS, Recipe, Target
 if TYPE_CHECKING:
     from edgebuild.toolchains.nvidia import NvidiaHost
 
+# A model a step made, as ((node id, output), its format: "keras" or "saved_model").
+Made = tuple[tuple[str, str], str]
+
 
 def compile_recipe(recipe: Recipe, rungs: dict[str, int] | None = None,
                    gpu_host: NvidiaHost | None = None) -> Graph:
@@ -46,16 +49,19 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int,
     device = {**target.device.profile(), "format": target.format, "runtime": target.runtime}
 
     # The plain float conversion: the artifact when nothing else runs, and what
-    # validate measures speed-ups against.
-    float_id = _add(graph, recipe, _convert_node(recipe, target), name)
-    keras = _add_optimizations(graph, recipe, target)  # the pruned/clustered Keras model
+    # validate measures speed-ups against. An ONNX source reaches TFLite through
+    # onnx2tf's SavedModel; pruned/clustered Keras models through their own conversion.
+    tf_model = _add_onnx2tf(graph, recipe, target)
+    float_id = _add(graph, recipe, _convert_node(recipe, target, tf_model), name)
+    keras = _add_optimizations(graph, recipe, target)
 
     # A fallback ladder: every rung down to the current one is built and validated;
     # the earlier rungs' rejected verdicts go into the bundle, as the reason for this one.
     rungs = target.fallback[:rung + 1] or [(None, target.steps.get("quantize"))]
     verdicts = []
     for rung_name, rung_quantize in rungs:
-        artifact = _add_artifact(graph, recipe, target, float_id, keras, rung_quantize)
+        artifact = _add_artifact(graph, recipe, target, float_id, keras or tf_model,
+                                 rung_quantize)
         if "validate" in target.steps:
             verdicts.append((_add_validation(graph, recipe, target, artifact, float_id,
                                              rung_name), "verdict"))
@@ -82,7 +88,8 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int,
     deps.update({f"rejected_{i}": v for i, v in enumerate(rejected)})
     files = {"labels": recipe.labels} if recipe.labels else {}
     params = {"recipe": recipe.name, "task": recipe.task, "target": name,
-              "precision": _precision(target, quantize)}
+              "precision": _precision(target, quantize),
+              "input_layout": _artifact_layout(recipe, target)}
     if target.fallback:
         params["fallback"] = [r for r, _ in target.fallback]
     bundle = Node("bundle", params, deps=deps, files=files, device=device,
@@ -119,28 +126,30 @@ def _add_tensorrt(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[
 
 
 def _add_artifact(graph: Graph, recipe: Recipe, target: Target, float_id: str,
-                  keras: tuple[str, str] | None, quantize) -> tuple[str, str]:
-    """The artifact before any compile step: float, or quantized with `quantize`."""
+                  model: Made | None, quantize) -> tuple[str, str]:
+    """The artifact before any compile step: float, or quantized with `quantize`.
+    `model`: the TF model a step made (pruned/clustered Keras, onnx2tf's SavedModel),
+    None for the source itself."""
     artifact = (float_id, "model")
-    if keras is not None and (target.format == "onnx" or quantize is None):
-        converted = _convert_node(recipe, target, keras)
+    if model is not None and (target.format == "onnx" or quantize is None):
+        converted = _convert_node(recipe, target, model)
         artifact = (_add(graph, recipe, converted, target.name), "model")
     if quantize is None:
         return artifact
     params = {**quantize.to_dict(), "source_format": recipe.source.format}
     if target.format == "tflite":
         # The TFLite converter quantizes while converting, so it starts again from
-        # the Keras model (the source, or the pruned/clustered one).
+        # the TF model (the source, or the one a step made).
         files, deps = {}, {}
-        if keras is None:
+        if model is None:
             files["model"] = recipe.source.path
         else:
-            deps["model"] = keras
-            params["source_format"] = "keras"
+            deps["model"], params["source_format"] = model
         params["after"] = [slot for slot in KERAS_SLOTS if slot in target.steps]
         params["integer_only"] = target.device.integer_only
         if quantize.mode in ("int8", "int16x8"):
-            params["calibration"] = _data_params(recipe, recipe.calibration)
+            params["calibration"] = _data_params(recipe, recipe.calibration,
+                                                 _artifact_layout(recipe, target))
             files["calibration"] = recipe.calibration.path
         node = Node("quantize.tflite", params, files=files, deps=deps)
     else:
@@ -156,7 +165,18 @@ def _add_artifact(graph: Graph, recipe: Recipe, target: Target, float_id: str,
     return _add(graph, recipe, node, target.name), "model"
 
 
-def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> tuple[str, str] | None:
+def _add_onnx2tf(graph: Graph, recipe: Recipe, target: Target) -> Made | None:
+    """For an ONNX source on a TFLite target: the prepared ONNX model, then onnx2tf's
+    NHWC SavedModel of it, where the TFLite converter starts. None otherwise."""
+    if recipe.source.format != "onnx" or target.format != "tflite":
+        return None
+    prepared = _add(graph, recipe, _prepare_node(recipe), target.name)
+    node = Node("convert.onnx2tf", {"layout": recipe.preprocess.layout},
+                deps={"model": (prepared, "model")})
+    return (_add(graph, recipe, node, target.name), "model"), "saved_model"
+
+
+def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> Made | None:
     """prune then cluster, each a Keras model in, a Keras model out. None if neither runs."""
     model = None  # None: the source file itself
     train = recipe.train
@@ -179,25 +199,36 @@ def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> tuple[st
                 files["labels"] = recipe.labels  # class order for class-folder datasets
         model = (_add(graph, recipe, Node(f"{slot}.tfmot", params, files=files, deps=deps),
                            target.name), "model")
-    return model
+    return (model, "keras") if model is not None else None
 
 
-def _convert_node(recipe: Recipe, target: Target, keras: tuple[str, str] | None = None) -> Node:
+def _convert_node(recipe: Recipe, target: Target, model: Made | None = None) -> Node:
     params = {**target.steps["convert"].to_dict(), "source_format": recipe.source.format}
     files, deps = {}, {}
-    if keras is not None:
-        deps["model"] = keras
-        params["source_format"] = "keras"
+    if model is not None:
+        deps["model"], params["source_format"] = model
     else:
         files.update(recipe.source.files())
-    if target.format == "tflite":  # the loader has ruled out ONNX sources here
+    if target.format == "tflite":  # an ONNX source comes as onnx2tf's SavedModel
         params.pop("opset")
         return Node("convert.tflite", params, files=files, deps=deps)
     if params["source_format"] == "onnx":
-        # Checked, upgraded where needed, shapes fixed: see steps/prepare.py.
-        params = {"input_shapes": recipe.source.input_shapes, **_external_data(recipe)}
-        return Node("prepare.onnx", params, files=files)
+        return _prepare_node(recipe)
     return Node("convert.onnx", params, files=files, deps=deps)
+
+
+def _prepare_node(recipe: Recipe) -> Node:
+    """An ONNX source checked, upgraded where needed, shapes fixed (steps/prepare.py)."""
+    params = {"input_shapes": recipe.source.input_shapes, **_external_data(recipe)}
+    return Node("prepare.onnx", params, files=recipe.source.files())
+
+
+def _artifact_layout(recipe: Recipe, target: Target) -> str:
+    """The layout the target's artifact takes images in: the source's, except that
+    onnx2tf makes NHWC TFLite models of NCHW ONNX ones."""
+    if recipe.source.format == "onnx" and target.format == "tflite":
+        return "NHWC"
+    return recipe.preprocess.layout
 
 
 def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[str, str],
@@ -222,6 +253,8 @@ def _add_validation(graph: Graph, recipe: Recipe, target: Target, artifact: tupl
     baseline_id = _add(graph, recipe, baseline, target.name)
     params = {**target.steps["validate"].to_dict(), "data": data, **task,
               "budget": target.budget.to_dict(), "rung": rung}
+    if variant is None and _artifact_layout(recipe, target) != recipe.preprocess.layout:
+        params["input_layout"] = _artifact_layout(recipe, target)  # the data stay the source's
     deps = {"model": artifact, "reference": (baseline_id, "outputs"),
             "baseline": (baseline_id, "metrics")}
     if float_id is not None and artifact[0] != float_id:
@@ -237,8 +270,11 @@ def _external_data(recipe: Recipe) -> dict:
     return {"external_data": list(external)} if external else {}
 
 
-def _data_params(recipe: Recipe, dataset) -> dict:
-    return {"preprocess": asdict(recipe.preprocess), "count": dataset.count}
+def _data_params(recipe: Recipe, dataset, layout: str | None = None) -> dict:
+    preprocess = asdict(recipe.preprocess)
+    if layout is not None:  # the artifact's, where it differs from the source's
+        preprocess["layout"] = layout
+    return {"preprocess": preprocess, "count": dataset.count}
 
 
 def _precision(target: Target, quantize) -> str:

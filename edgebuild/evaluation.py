@@ -50,8 +50,7 @@ def class_names(inputs: dict[str, Path]) -> list[str] | None:
     return [line.strip() for line in inputs["labels"].read_text().splitlines() if line.strip()]
 
 
-# Beside the baseline's reference outputs when the recipe names a classifier_output:
-# the source's output names, in the order of the outputs.
+# Beside the baseline's reference outputs: the source's output names, in their order.
 OUTPUT_NAMES = "names.json"
 
 

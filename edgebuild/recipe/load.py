@@ -175,10 +175,6 @@ class _Resolver:
         if fmt not in device.formats:
             self.complain((*where, "format"), f"'{fmt}' is not a format of device "
                           f"'{device.name}' (choose one of: {', '.join(device.formats)})")
-        if fmt == "tflite" and self.source.format == "onnx":
-            self.complain((*where, "device"), f"device '{device.name}' takes TFLite models, and "
-                          "edgebuild does not convert ONNX sources to TFLite; choose a device "
-                          "with format onnx (x86-cpu with `format: onnx`, jetson-orin, cloud-gpu)")
         profile = device.steps
         if self.train is not None:  # e.g. cloud-gpu clusters once it can fine-tune
             profile = _merge_slots(profile, device.with_training_data)

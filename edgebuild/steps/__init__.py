@@ -47,6 +47,9 @@ IMPLS = {impl.name: impl for impl in (
          loads_keras=True),
     Impl("convert.onnx", 3, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx"),
          loads_keras=True),
+    # onnx2tf's NHWC SavedModel of an ONNX source, which the TFLite converter starts from.
+    Impl("convert.onnx2tf", 1, "edgebuild.steps.onnx2tf:run",
+         (*TF, "onnx", "onnx2tf", "onnx-graphsurgeon", "sng4onnx", "numpy")),
     Impl("prepare.onnx", 1, "edgebuild.steps.prepare:onnx", ("onnx", "onnxruntime", "sympy")),
     Impl("prune.tfmot", 4, "edgebuild.steps.optimize:prune", TFMOT, loads_keras=True),
     Impl("cluster.tfmot", 2, "edgebuild.steps.optimize:cluster", TFMOT, loads_keras=True),
@@ -61,17 +64,17 @@ IMPLS = {impl.name: impl for impl in (
          nondeterministic="TensorRT times candidate kernels while building, so engines built "
                           "from the same ONNX can differ", gpu=True),
     Impl("compile.edgetpu", 1, "edgebuild.steps.compile:edgetpu", (), heavy=False),
-    Impl("baseline.tf", 2, "edgebuild.steps.baseline:run_tf", (*TF, *METRICS),
+    Impl("baseline.tf", 3, "edgebuild.steps.baseline:run_tf", (*TF, *METRICS),
          loads_keras=True),
-    Impl("baseline.onnx", 2, "edgebuild.steps.baseline:run_onnx", ("onnxruntime", *METRICS)),
+    Impl("baseline.onnx", 3, "edgebuild.steps.baseline:run_onnx", ("onnxruntime", *METRICS)),
     # A validation's verdict is cached like any output, passed or not: a missed budget
     # is a measurement, and re-running would measure the same.
-    Impl("validate.tflite", 4, "edgebuild.steps.validate:run", ("ai-edge-litert", *METRICS),
+    Impl("validate.tflite", 5, "edgebuild.steps.validate:run", ("ai-edge-litert", *METRICS),
          volatile=("report",)),
-    Impl("validate.onnx", 4, "edgebuild.steps.validate:run", ("onnxruntime", *METRICS),
+    Impl("validate.onnx", 5, "edgebuild.steps.validate:run", ("onnxruntime", *METRICS),
          volatile=("report",)),
     # Engines against the source's outputs, on the GPU that built them.
-    Impl("validate.tensorrt", 2, "edgebuild.steps.validate:run",
+    Impl("validate.tensorrt", 3, "edgebuild.steps.validate:run",
          ("tensorrt", "cuda-python", *METRICS), volatile=("report",), gpu=True),
-    Impl("bundle", 5, "edgebuild.steps.bundle:run", (), heavy=False),
+    Impl("bundle", 6, "edgebuild.steps.bundle:run", (), heavy=False),
 )}

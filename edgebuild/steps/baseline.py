@@ -44,8 +44,9 @@ def _save(ctx: StepContext, truth, names: list[str], outputs: list[np.ndarray]) 
     folder.mkdir()
     for i, array in enumerate(outputs):
         np.save(folder / f"output_{i}.npy", array.astype(np.float32))
-    if ctx.params.get("classifier_output"):  # validation picks the class scores by name
-        (folder / OUTPUT_NAMES).write_text(json.dumps(list(names)))
+    # Validation matches the artifact's outputs to these by name (and picks a
+    # classifier_output's class scores by it).
+    (folder / OUTPUT_NAMES).write_text(json.dumps(list(names)))
     metrics = task_metrics(ctx.params["task"], truth, outputs,
                            decoder(ctx.inputs, ctx.params, names), class_names(ctx.inputs))
     ctx.output("metrics", "metrics.json").write_text(

@@ -93,7 +93,8 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
                 "device": ctx.device, "chain": [[c["kind"], c["params"]] for c in chain],
                 "source": ctx.digests.get("model")}
     artifact = {"file": artifact_name, "format": ctx.device["format"],
-                "precision": params["precision"], **file_sizes(folder / artifact_name)}
+                "precision": params["precision"], **file_sizes(folder / artifact_name),
+                **_io(ctx, folder / artifact_name)}
     if deferred:
         artifact["deferred"] = (f"{deferred['kind']} runs on the device: "
                                 "see the script in this bundle")
@@ -125,6 +126,26 @@ def _manifest(ctx: StepContext, artifact_name: str, folder: Path, deferred: dict
     if "fallback" in params:
         manifest["fallback"] = _ladder(ctx, params["fallback"])
     return manifest
+
+
+def _io(ctx: StepContext, artifact: Path) -> dict:
+    """The artifact's inputs and outputs, each output with the source output it is
+    (as validation matched them: by name, or by shape where names were lost)."""
+    from edgebuild.toolchains.artifact_io import describe
+
+    io = describe(artifact, ctx.params["input_layout"])
+    if io is None:
+        return {}
+    if "verdict" in ctx.inputs:
+        matched = {m["artifact"]: m for m in
+                   json.loads(ctx.inputs["verdict"].read_text()).get("outputs", [])}
+        for output in io["outputs"]:
+            match = matched.get(output["name"])
+            if match is not None:
+                output["source_output"] = match["source"]
+                if match.get("transpose"):
+                    output["to_source_layout"] = match["transpose"]
+    return io
 
 
 def _ladder(ctx: StepContext, rungs: list[str]) -> dict:

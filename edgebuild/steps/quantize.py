@@ -83,7 +83,8 @@ def _selective_int8(ctx: StepContext, converter, samples,
                                        keep_float["layers"])
     if keep_float["layers"] and not nodes:
         raise StepError(f"quantize.keep_float.layers {list(keep_float['layers'])} match no op "
-                        "of the converted model; use the Keras layer names")
+                        "of the converted model; use the Keras layer names (ONNX node "
+                        "names for ONNX sources)")
     if keep_float.get("sensitive"):
         ctx.progress("measuring each layer's quantization error")
         ranked = [n for n in _most_sensitive(debugger) if n not in nodes]

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from edgebuild.errors import StepError
 from edgebuild.worker import StepContext
 
 COUNTED_METRICS = ("top1", "top5")  # fractions of the samples: drops are whole samples
@@ -31,7 +30,9 @@ COUNTED_METRICS = ("top1", "top5")  # fractions of the samples: drops are whole 
 def run(ctx: StepContext) -> dict:
     from edgebuild import budget as budgets
     from edgebuild import evaluation as ev
+    from edgebuild.evaluation import OUTPUT_NAMES
     from edgebuild.metrics.fidelity import output_fidelity
+    from edgebuild.output_mapping import match_outputs
     from edgebuild.recipe.model import METRIC_LABELS, PRIMARY_METRIC
     from edgebuild.toolchains.runtimes import float_compute, load_runtime
 
@@ -42,12 +43,18 @@ def run(ctx: StepContext) -> dict:
     baseline = json.loads(ctx.inputs["baseline"].read_text())["metrics"]
 
     model = load_runtime(ctx.inputs["model"])
+    feed = _in_layout(x, params.get("input_layout"))
     per_sample = []
-    for i, sample in enumerate(x):
+    for i, sample in enumerate(feed):
         per_sample.append(model(sample))
         ctx.progress("validating", i + 1, len(x))
     got = [np.stack([o[i] for o in per_sample]) for i in range(len(model.output_names))]
-    outputs = _in_source_order(reference, got)
+    names = json.loads((ctx.inputs["reference"] / OUTPUT_NAMES).read_text())
+    matches = match_outputs([(n, (1, *r.shape[1:])) for n, r in zip(names, reference, strict=True)],
+                            [(n, (1, *g.shape[1:])) for n, g in zip(model.output_names, got,
+                                                                   strict=True)])
+    outputs = [got[m.index].transpose(m.transpose) if m.transpose else got[m.index]
+               for m in matches]
 
     decode = ev.decoder(ctx.inputs, params)
     if len(x) < len(truth.x):  # `samples` limits the run; metrics cover what ran
@@ -61,7 +68,8 @@ def run(ctx: StepContext) -> dict:
 
     ctx.progress("timing")
     float_model = load_runtime(ctx.inputs["float"]) if "float" in ctx.inputs else None
-    latency, float_latency = _latency(model, float_model, x[0], params["warmup"], params["runs"])
+    latency, float_latency = _latency(model, float_model, feed[0], params["warmup"],
+                                      params["runs"])
     speedup = (round(float_latency["median_ms"] / latency["median_ms"], 3)
                if float_latency else None)
 
@@ -82,7 +90,8 @@ def run(ctx: StepContext) -> dict:
 
     verdict = {"passed": check.passed, "rung": params.get("rung"), "samples": len(x),
                "metric": metric, "metrics": metrics, "baseline": baseline, "drop": drop,
-               "misses": check.misses, "unchecked": check.unchecked}
+               "misses": check.misses, "unchecked": check.unchecked,
+               "outputs": [m.to_dict() for m in matches]}
     report = {**verdict, "size_bytes": size, "fidelity": fidelity,
               "agreement": dict(zip(("label", "value"), agreement, strict=True))
               if agreement else None,
@@ -111,19 +120,12 @@ def _load_reference(folder: Path) -> list[np.ndarray]:
     return [np.load(f) for f in files]
 
 
-def _in_source_order(reference: list[np.ndarray], got: list[np.ndarray]) -> list[np.ndarray]:
-    """The artifact's outputs reordered like the source's: by shape where that is
-    unambiguous, otherwise in order (converters may reorder outputs, never reshape)."""
-    remaining = list(range(len(got)))
-    ordered = []
-    for i, ref in enumerate(reference):
-        same_shape = [j for j in remaining if got[j].shape == ref.shape]
-        if not same_shape:
-            raise StepError(f"source output {i} has shape {ref.shape[1:]}, and no artifact "
-                            f"output matches (artifact: {[g.shape[1:] for g in got]})")
-        remaining.remove(same_shape[0])
-        ordered.append(got[same_shape[0]])
-    return ordered
+def _in_layout(x: np.ndarray, layout: str | None) -> np.ndarray:
+    """Samples (in the source model's layout) as the artifact takes them: onnx2tf's
+    artifacts of an NCHW model take NHWC."""
+    if layout == "NHWC" and x.ndim == 4:
+        return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    return x
 
 
 def _latency(model, float_model, sample: np.ndarray, warmup: int,

@@ -28,7 +28,10 @@ class LiteRTModel:
             raise StepError(f"{path.name}: LiteRT cannot load it: {first_line(exc)}") from None
         self.inputs = self.interpreter.get_input_details()
         self.outputs = self.interpreter.get_output_details()
-        self.output_names = [o["name"] for o in self.outputs]
+        # A signature's output names are the model's own (Keras layers, ONNX outputs);
+        # tensor names ("StatefulPartitionedCall:1") are the converter's.
+        named = signature_names(self.interpreter, "outputs")
+        self.output_names = [named.get(o["index"], o["name"]) for o in self.outputs]
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         """Run one sample (batch of 1)."""
@@ -36,6 +39,16 @@ class LiteRTModel:
         self.interpreter.set_tensor(detail["index"], _quantize(x[None, ...], detail))
         self.interpreter.invoke()
         return [_dequantize(self.interpreter.get_tensor(o["index"]), o)[0] for o in self.outputs]
+
+
+def signature_names(interpreter, which: str) -> dict[int, str]:
+    """Tensor index -> name in the model's one signature (empty without one)."""
+    signatures = interpreter.get_signature_list()
+    if len(signatures) != 1:
+        return {}
+    runner = interpreter.get_signature_runner(next(iter(signatures)))
+    details = runner.get_output_details() if which == "outputs" else runner.get_input_details()
+    return {detail["index"]: name for name, detail in details.items()}
 
 
 class OnnxModel:
