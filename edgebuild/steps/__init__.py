@@ -45,8 +45,8 @@ class Impl:
 IMPLS = {impl.name: impl for impl in (
     Impl("convert.tflite", 2, "edgebuild.steps.convert:to_tflite", TFLITE,
          loads_keras=True),
-    Impl("convert.onnx", 3, "edgebuild.steps.convert:to_onnx", (*TF, "tf2onnx", "onnx"),
-         loads_keras=True),
+    Impl("convert.onnx", 4, "edgebuild.steps.convert:to_onnx",
+         (*TF, "tf2onnx", "onnx", "onnxruntime", "sympy"), loads_keras=True),
     # onnx2tf's NHWC SavedModel of an ONNX source, which the TFLite converter starts from.
     Impl("convert.onnx2tf", 1, "edgebuild.steps.onnx2tf:run",
          (*TF, "onnx", "onnx2tf", "onnx-graphsurgeon", "sng4onnx", "numpy")),

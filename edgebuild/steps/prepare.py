@@ -10,7 +10,7 @@ target's float artifact.
 
 from __future__ import annotations
 
-from edgebuild.errors import StepError, first_line
+from edgebuild.errors import StepError
 from edgebuild.worker import StepContext
 
 
@@ -35,7 +35,7 @@ def onnx(ctx: StepContext) -> dict:
     tools.name_nodes(model)
 
     out = ctx.output("model", "model.onnx")
-    _pre_process(model, out)
+    tools.pre_process(model, out)
 
     prepared = tools.load_checked(out)
     facts.update({"opset": tools.opset_of(prepared), "nodes": len(prepared.graph.node),
@@ -44,16 +44,3 @@ def onnx(ctx: StepContext) -> dict:
         facts["fixed_shapes"] = fixed
     return {"facts": facts, "bytes": out.stat().st_size}
 
-
-def _pre_process(model, out) -> None:
-    """ONNX Runtime's recommended step before quantization. It also leaves a model
-    that no longer carries unused initializers (e.g. BatchNorm's num_batches_tracked)."""
-    import onnxruntime
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    onnxruntime.set_default_logger_severity(3)  # its per-initializer warnings are noise here
-    try:
-        quant_pre_process(model, str(out))
-    except Exception as exc:
-        raise StepError("ONNX Runtime's quantization pre-processing failed: "
-                        f"{first_line(exc)}") from None

@@ -5,6 +5,7 @@ model and says what to do."""
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from pathlib import Path
 
 from edgebuild.errors import StepError, first_line
@@ -118,6 +119,47 @@ def infer_shapes(model):
 
 def op_types(model) -> set[str]:
     return {node.op_type for node in model.graph.node}
+
+
+def op_counts(model) -> Counter:
+    return Counter(node.op_type for node in model.graph.node)
+
+
+def pre_process(model, out: Path) -> None:
+    """ONNX Runtime's recommended step before quantization: symbolic shape inference
+    and graph optimizations such as folding BatchNormalization into Conv. It also
+    leaves a model that no longer carries unused initializers (e.g. BatchNorm's
+    num_batches_tracked)."""
+    import onnxruntime
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    onnxruntime.set_default_logger_severity(3)  # its per-initializer warnings are noise here
+    try:
+        quant_pre_process(model, str(out))
+    except Exception as exc:
+        raise StepError("ONNX Runtime's quantization pre-processing failed: "
+                        f"{first_line(exc)}") from None
+
+
+def clean_up(model, out: Path) -> dict:
+    """`pre_process`, then fold into Conv the per-channel Mul and Add that ONNX
+    Runtime's fusions leave (a converter's lowered BatchNorm), writing `out`. Returns
+    facts: node counts before and after, and the op types whose counts changed."""
+    import onnx
+
+    from edgebuild.toolchains.onnx_fold import fold_conv_affine
+
+    before = op_counts(model)
+    pre_process(model, out)
+    cleaned = load_checked(out)
+    folded = fold_conv_affine(cleaned)
+    if folded:
+        onnx.save(cleaned, str(out))
+    after = op_counts(cleaned)
+    return {"nodes_before": before.total(), "nodes": after.total(),
+            "removed_ops": dict(sorted((before - after).items())),
+            "added_ops": dict(sorted((after - before).items())),
+            "folded_into_conv": folded}
 
 
 def matching_nodes(model, patterns: tuple[str, ...]) -> list[str]:
