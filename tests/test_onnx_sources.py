@@ -261,11 +261,12 @@ def test_onnx_quantize_options_are_checked(tiny, capsys, target, message):
 
 
 @pytest.mark.skipif(not ULTRAFACE.exists(), reason="needs ../shared/models/ultraface")
-def test_ultraface_is_prepared_and_quantized_three_ways(tmp_path):
+def test_ultraface_reaches_onnx_and_tflite_devices(tmp_path):
     """recipes/ultraface.yaml, as shipped: a real opset-9 PyTorch export with every
     weight listed as an input, through prepare, static QDQ per-channel int8 (head kept
     float), dynamic and fp16. The int8 artifact must find at least 90% of the float
-    model's faces (score >= 0.7, after NMS) again at IoU > 0.5: its budget says so."""
+    model's faces (score >= 0.7, after NMS) again at IoU > 0.5: its budget says so.
+    Through onnx2tf, rpi4 int8, pixel fp16 and integer-only coral TFLite artifacts."""
     import onnx
 
     recipe = (Path(__file__).parents[1] / "recipes" / "ultraface.yaml").read_text()
@@ -274,7 +275,8 @@ def test_ultraface_is_prepared_and_quantized_three_ways(tmp_path):
     result = project.build()
     status = {name: t["status"] for name, t in result["targets"].items()}
     assert status == {"x86": "ok", "x86-dynamic": "ok", "x86-fp32": "ok", "jetson": "deferred",
-                      "jetson-int8": "deferred", "server": "ok"}
+                      "jetson-int8": "deferred", "server": "ok", "rpi4": "ok", "pixel": "ok",
+                      "coral": "deferred"}
 
     lock = json.loads(project.recipe.with_suffix(".lock").read_text())
     facts = lock["targets"]["x86"]["steps"][0]["facts"]
@@ -300,6 +302,15 @@ def test_ultraface_is_prepared_and_quantized_three_ways(tmp_path):
     fp16 = onnx.load(str(project.dist / "ultraface" / "server" / "model.onnx"))
     assert {i.data_type for i in fp16.graph.initializer} >= {onnx.TensorProto.FLOAT16}
     assert _validate_report(project, "server")["agreement"]["value"] >= 0.99
+
+    # TFLite from the ONNX source (onnx2tf), validated against the ONNX model.
+    assert _validate_report(project, "rpi4")["agreement"]["value"] >= 0.9
+    assert _validate_report(project, "pixel")["agreement"]["value"] >= 0.99
+    coral = json.loads((project.dist / "ultraface" / "coral" / "manifest.json").read_text())
+    quantize = next(c for c in coral["chain"] if c["kind"] == "quantize")
+    assert quantize["facts"]["integer_only"]["float_ops"] == 0
+    assert coral["artifact"]["inputs"][0]["shape"] == [1, 240, 320, 3]
+    assert {o["source_output"] for o in coral["artifact"]["outputs"]} == {"scores", "boxes"}
 
 
 def _validate_report(project: Project, target: str) -> dict:

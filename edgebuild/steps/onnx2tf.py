@@ -10,6 +10,7 @@ outputs after the ONNX model's, so later steps match outputs by name, not by ord
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from edgebuild.errors import StepError, first_line
@@ -36,8 +37,12 @@ def run(ctx: StepContext) -> dict:
     rng = np.random.default_rng(0)
     np.save(Path.cwd() / SAMPLE_FILE, rng.random((20, 128, 128, 3), dtype=np.float32))
 
+    # onnx2tf rewrites the file it converts (it names every node, in place): give it a
+    # copy, so that no input, least of all a user's model, is ever written to.
+    copy = Path.cwd() / "onnx2tf-input.onnx"
+    shutil.copyfile(source, copy)
     ctx.progress("converting ONNX to TensorFlow with onnx2tf")
-    model = _convert(source, inputs if ctx.params["layout"] == "NHWC" else [])
+    model = _convert(copy, inputs if ctx.params["layout"] == "NHWC" else [])
     out = ctx.output("model", "saved_model")
     io = _save(model, inputs, outputs, out)
     (out / IO_FILE).write_text(json.dumps(io, indent=1, sort_keys=True))
@@ -58,10 +63,10 @@ def _convert(source: Path, keep_nhwc: list[str]):
             keep_nwc_or_nhwc_or_ndhwc_input_names=keep_nhwc or None,
             non_verbose=True, verbosity="error")
     except SystemExit as exc:  # onnx2tf exits the process on ops it cannot convert
-        raise StepError(f"onnx2tf could not convert {source.name} (exit {exc.code}); its "
+        raise StepError(f"onnx2tf could not convert the model (exit {exc.code}); its "
                         "messages are in the step's log") from None
     except Exception as exc:
-        raise StepError(f"onnx2tf could not convert {source.name}: {first_line(exc)}") from None
+        raise StepError(f"onnx2tf could not convert the model: {first_line(exc)}") from None
 
 
 def _save(model, input_names: list[str], output_names: list[str], out: Path) -> dict:
