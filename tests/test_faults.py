@@ -24,11 +24,14 @@ def entry_inodes(cache_dir: Path) -> dict[str, int]:
     return {p.stem: p.stat().st_ino for p in (cache_dir / "entries").glob("*/*.json")}
 
 
+TRIALS = 12  # a kill at a seeded random moment in each, after one more step finished
+
+
 def test_kill_9_at_random_moments_never_redoes_or_corrupts_a_step(tiny, built_tiny):
     rng = random.Random(20)
     finished: dict[str, int] = {}
     kills = completed = kept = 0
-    for _trial in range(20):
+    for _trial in range(TRIALS):
         proc = tiny.spawn("all", "-j", "2", start_new_session=True)
         # Kill at a random moment after one more step has finished, so that every
         # trial has finished steps at stake and the kill lands inside later ones.
@@ -56,8 +59,8 @@ def test_kill_9_at_random_moments_never_redoes_or_corrupts_a_step(tiny, built_ti
     assert not rerun & set(finished), "a step that had finished before a kill ran again"
     assert_cache_intact(tiny.cache)
     assert same_tree(built_tiny.dist, tiny.dist)
-    assert kills >= 10 and kept > 0
-    print(f"\nkill -9: {kills} kills in 20 trials ({completed} builds finished first); "
+    assert kills >= TRIALS // 2 and kept > 0
+    print(f"\nkill -9: {kills} kills in {TRIALS} trials ({completed} builds finished first); "
           f"{kept} checks that a finished step survived a kill untouched; 0 redone, "
           "0 corrupt entries")
 
