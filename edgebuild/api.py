@@ -9,7 +9,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 
 from edgebuild.budget import ladder_outcome
 from edgebuild.cache import Cache, CorruptBlob, RecipeMemo
@@ -318,13 +318,23 @@ def _finish_targets(project: Project, settings: Settings, steps: list[StepReport
         records[target] = _lock_record(project, target, chain, ladder)
     if records:
         recipe = project.recipe
-        source = {"path": os.path.relpath(recipe.source.path, recipe.folder),
+        source = {"path": _as_written(recipe),
                   "format": recipe.source.format,
                   "digest": project.resolver.stat.digest(recipe.source.path)}
         write_lock(recipe.lock_path, recipe.name, source, list(recipe.targets), records,
                    project.lock)
         project.cache.add_root(recipe.lock_path)
     return targets
+
+
+def _as_written(recipe: Recipe) -> str:
+    """The source's path for the lock file: as the recipe writes it, relative to the
+    recipe, so it is the same in any checkout (resolving it would follow links, and
+    ../shared may be one); an absolute path becomes relative to the recipe."""
+    written = PurePath(recipe.source.written)
+    if written.is_absolute() or not recipe.source.written:
+        return PurePath(os.path.relpath(recipe.source.path, recipe.folder)).as_posix()
+    return written.as_posix()
 
 
 def _measured(project: Project, target: str) -> dict:

@@ -489,7 +489,8 @@ class _Resolver:
         trust = self._trust(spec, fmt)
         self.signature = self._signature(path, fmt, trust) if path and not problem else None
         return Source(path=path or Path(spec["path"]), format=fmt or "unknown",
-                      input_shapes=shapes, trust=trust, external_data=external)
+                      input_shapes=shapes, trust=trust, external_data=external,
+                      written=spec["path"])
 
     def _external_data(self, path: Path) -> tuple[str, ...]:
         """Files an ONNX model keeps its weights in: inputs, so editing them rebuilds."""

@@ -78,6 +78,9 @@ class Source:
     # ONNX: files beside the model holding its weights (save_as_external_data), by the
     # location its tensors name.
     external_data: tuple[str, ...] = ()
+    # source.path as the recipe writes it: the lock file records this, which does not
+    # change with where the checkout (or ../shared) lies or what links lead there.
+    written: str = ""
 
     def files(self) -> dict[str, Path]:
         """The source as step inputs: the model, and any external data it names."""

@@ -43,7 +43,7 @@ class Impl:
 
 
 IMPLS = {impl.name: impl for impl in (
-    Impl("convert.tflite", 2, "edgebuild.steps.convert:to_tflite", TFLITE,
+    Impl("convert.tflite", 3, "edgebuild.steps.convert:to_tflite", TFLITE,
          loads_keras=True),
     Impl("convert.onnx", 4, "edgebuild.steps.convert:to_onnx",
          (*TF, "tf2onnx", "onnx", "onnxruntime", "sympy"), loads_keras=True),
@@ -51,9 +51,9 @@ IMPLS = {impl.name: impl for impl in (
     Impl("convert.onnx2tf", 1, "edgebuild.steps.onnx2tf:run",
          (*TF, "onnx", "onnx2tf", "onnx-graphsurgeon", "sng4onnx", "numpy")),
     Impl("prepare.onnx", 1, "edgebuild.steps.prepare:onnx", ("onnx", "onnxruntime", "sympy")),
-    Impl("prune.tfmot", 4, "edgebuild.steps.optimize:prune", TFMOT, loads_keras=True),
-    Impl("cluster.tfmot", 2, "edgebuild.steps.optimize:cluster", TFMOT, loads_keras=True),
-    Impl("quantize.tflite", 2, "edgebuild.steps.quantize:tflite",
+    Impl("prune.tfmot", 5, "edgebuild.steps.optimize:prune", TFMOT, loads_keras=True),
+    Impl("cluster.tfmot", 3, "edgebuild.steps.optimize:cluster", TFMOT, loads_keras=True),
+    Impl("quantize.tflite", 3, "edgebuild.steps.quantize:tflite",
          (*TFLITE, "numpy", "pillow"),
          loads_keras=True),
     Impl("quantize.onnx", 6, "edgebuild.steps.quantize_onnx:run",
@@ -64,7 +64,7 @@ IMPLS = {impl.name: impl for impl in (
          nondeterministic="TensorRT times candidate kernels while building, so engines built "
                           "from the same ONNX can differ", gpu=True),
     Impl("compile.edgetpu", 1, "edgebuild.steps.compile:edgetpu", (), heavy=False),
-    Impl("baseline.tf", 3, "edgebuild.steps.baseline:run_tf", (*TF, *METRICS),
+    Impl("baseline.tf", 4, "edgebuild.steps.baseline:run_tf", (*TF, *METRICS),
          loads_keras=True),
     Impl("baseline.onnx", 3, "edgebuild.steps.baseline:run_onnx", ("onnxruntime", *METRICS)),
     # A validation's verdict is cached like any output, passed or not: a missed budget

@@ -20,7 +20,7 @@ def prune(ctx: StepContext) -> dict:
     params = ctx.params
     what = params["structure"] or f"{params['sparsity']:g} sparsity"
     model, tuning = _start(ctx, f"pruning to {what}")
-    pruned, names = tfmot.prune(model, params, tuning)
+    pruned, names = _in_float64(tfmot.prune, model, params, tuning)
     layers = tfmot.weight_stats(pruned, names)
     total = sum(s["weights"] for s in layers.values())
     zeros = sum(s["weights"] * s["sparsity"] for s in layers.values())
@@ -41,12 +41,33 @@ def cluster(ctx: StepContext) -> dict:
 
     params = ctx.params
     model, tuning = _start(ctx, f"clustering into {params['clusters']} centroids per layer")
-    clustered, names = tfmot.cluster(model, params, tuning)
+    clustered, names = _in_float64(tfmot.cluster, model, params, tuning)
     layers = tfmot.weight_stats(clustered, names)
     _save(clustered, ctx.output("model", "model.h5"))
     return {"facts": {"layers": {n: {"unique": s["unique"], "sparsity": s["sparsity"]}
                                  for n, s in layers.items()},
                       "fine_tuned": bool(tuning.epochs)}}
+
+
+def _in_float64(rewrite, model, params: dict, tuning):
+    """Run a tfmot rewrite, fine-tuning included, on the model in float64 and round the
+    result to float32 once: float32 training gives other bits on other CPUs (see
+    toolchains/tf_numerics). A model that cannot compute in float64 stays float32."""
+    from edgebuild.toolchains.tf_numerics import float32_copy, float64_copy, float64_keras
+
+    wide = float64_copy(model)
+    if wide is None:
+        print("float64 copy not possible: fine-tuning in float32, whose bits depend on the CPU")
+        return rewrite(model, params, tuning)
+    with float64_keras():
+        rewritten, names = rewrite(wide, params, tuning)
+    narrow = float32_copy(rewritten)
+    if narrow is None:
+        from edgebuild.errors import StepError
+
+        raise StepError("the model was fine-tuned in float64 and cannot be copied back to "
+                        "float32; please report this model")
+    return narrow, names
 
 
 def _start(ctx: StepContext, doing: str):

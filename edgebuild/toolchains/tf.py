@@ -114,7 +114,10 @@ def tflite_converter(source: Path, source_format: str, workdir: Path,
     if source_format == "keras":
         model = load_keras(source, trust)
         if is_tf_keras(model):
-            return tf.lite.TFLiteConverter.from_keras_model(model)
+            from edgebuild.toolchains.tf_numerics import exact_batch_norm
+
+            # Folded by numpy, not by TensorFlow's CPU-dependent rsqrt: same bytes anywhere.
+            return tf.lite.TFLiteConverter.from_keras_model(exact_batch_norm(model))
     saved = saved_model_dir(source, source_format, workdir, trust)
     with _saved_model_errors(saved):
         return tf.lite.TFLiteConverter.from_saved_model(str(saved))
@@ -143,17 +146,23 @@ def _saved_model_errors(path: Path):
 
 def run_source(source: Path, source_format: str, x, workdir: Path, batch: int = 32,
                trust: Trust | None = None):
-    """Outputs of the source model on `x`, as a list of arrays in the model's order."""
+    """Outputs of the source model on `x`, as a list of float32 arrays in the model's
+    order. tf_keras models compute in float64, rounded once: the same bits on any CPU."""
     import numpy as np
     import tensorflow as tf
 
     if source_format == "keras":
         model = load_keras(source, trust)
         if is_tf_keras(model):
-            parts = [model(x[i:i + batch], training=False) for i in range(0, len(x), batch)]
+            from edgebuild.toolchains.tf_numerics import float64_copy
+
             names = list(model.output_names)
+            model = float64_copy(model) or model
+            dtype = np.dtype(model.inputs[0].dtype.as_numpy_dtype)
+            parts = [model(x[i:i + batch].astype(dtype), training=False)
+                     for i in range(0, len(x), batch)]
             parts = [p if isinstance(p, (list, tuple)) else [p] for p in parts]
-            return names, [np.concatenate([np.asarray(p[i]) for p in parts])
+            return names, [np.concatenate([np.asarray(p[i]) for p in parts]).astype(np.float32)
                            for i in range(len(names))]
     loaded = load_saved_model(saved_model_dir(source, source_format, workdir, trust))
     fn = loaded.signatures["serving_default"]
