@@ -201,10 +201,9 @@ def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None, state:
     # Toolchains' temporary files and Keras's config go into the work folder, which
     # is removed whatever happens, and matplotlib's font cache (pycocotools imports
     # it) into the cache's state: nothing is written to /tmp or $HOME.
-    # TensorFlow turns oneDNN on by itself only on CPUs with AVX-512 VNNI, BF16 or AMX,
-    # and oneDNN picks kernels by instruction set: Keras outputs and tfmot fine-tuning
-    # then differ from machine to machine. Its own (Eigen) kernels are the same
-    # compiled code on every x86 CPU, so every machine computes the same bytes.
+    # TensorFlow turns oneDNN's ops on by itself only on CPUs with AVX-512 VNNI, BF16 or
+    # AMX; off, every machine runs the same ops. (Their float32 results still differ
+    # from CPU to CPU: toolchains/tf_numerics keeps those out of every output.)
     (work / "tmp").mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
            "TF_ENABLE_ONEDNN_OPTS": "0",
