@@ -93,12 +93,15 @@ def build_engine(onnx_path: Path, hardware_compatibility: str = "none",
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     config.hardware_compatibility_level = level
     _batch_one_profile(builder, network, config)
-    seeds = attach_timing_cache(config, timing_caches or {})
+    # Held until the build is serialized: the config does not own the cache.
+    cache, seeds = attach_timing_cache(config, timing_caches or {})
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise StepError("TensorRT could not build the engine:\n  "
                         + "\n  ".join(logger.lines[-10:]))
-    return EngineBuild(bytes(serialized), bytes(config.get_timing_cache().serialize()), seeds)
+    timing = bytes(config.get_timing_cache().serialize())
+    del cache
+    return EngineBuild(bytes(serialized), timing, seeds)
 
 
 def compatibility_level(trt, name: str):
@@ -114,7 +117,7 @@ def compatibility_level(trt, name: str):
     return member
 
 
-def attach_timing_cache(config, seeds: dict[str, bytes]) -> TimingSeeds:
+def attach_timing_cache(config, seeds: dict[str, bytes]) -> tuple[object, TimingSeeds]:
     """Merge the seeds TensorRT accepts into one timing cache and build with it.
 
     With ignore_mismatch=False, TensorRT refuses a cache recorded on a GPU with other
@@ -131,9 +134,10 @@ def attach_timing_cache(config, seeds: dict[str, bytes]) -> TimingSeeds:
         (used if accepted else refused).append(name)
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         used, refused = [], [*refused, *used]
-        if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+        cache = config.create_timing_cache(b"")
+        if not config.set_timing_cache(cache, ignore_mismatch=False):
             raise StepError("TensorRT refused even an empty timing cache")
-    return TimingSeeds(used, refused)
+    return cache, TimingSeeds(used, refused)
 
 
 def trtexec_command(hardware_compatibility: str = "none", workspace_mb: int | None = None) -> str:
