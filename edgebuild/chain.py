@@ -160,7 +160,13 @@ def _add_artifact(graph: Graph, recipe: Recipe, target: Target, float_id: str,
             compile_ = target.steps.get("compile")
             # TensorRT executes symmetric int8 only; ONNX Runtime's CPU kernels prefer
             # asymmetric uint8 activations.
-            params["symmetric"] = compile_ is not None and compile_.compiler == "tensorrt"
+            tensorrt = compile_ is not None and compile_.compiler == "tensorrt"
+            params["symmetric"] = tensorrt
+            if tensorrt:
+                # TensorRT's ONNX parser takes DequantizeLinear of int8 (or fp8, int4)
+                # only: int32 biases stay float, and TensorRT fuses them itself. Only
+                # TensorRT targets have the parameter, so other targets keep their keys.
+                params["quantize_bias"] = False
         node = Node("quantize.onnx", params, deps={"model": artifact}, files=files)
     return _add(graph, recipe, node, target.name), "model"
 

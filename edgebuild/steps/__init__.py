@@ -60,7 +60,7 @@ IMPLS = {impl.name: impl for impl in (
          ("onnx", "onnxruntime", "numpy", "pillow")),
     # The host's GPU and TensorRT version are in the key through `device`; heavy, since
     # a build holds GPU memory that only a process exit reliably gives back.
-    Impl("compile.tensorrt", 2, "edgebuild.steps.compile:tensorrt", ("tensorrt",),
+    Impl("compile.tensorrt", 3, "edgebuild.steps.compile:tensorrt", ("tensorrt",),
          nondeterministic="TensorRT times candidate kernels while building, so engines built "
                           "from the same ONNX can differ", gpu=True),
     Impl("compile.edgetpu", 1, "edgebuild.steps.compile:edgetpu", (), heavy=False),

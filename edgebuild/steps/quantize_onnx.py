@@ -5,7 +5,8 @@
   calibrated on data.calibration by MinMax, Entropy or Percentile. For ONNX Runtime's
   CPU, hard-swish, hard-sigmoid and squeeze-excite are rewritten to run on its int8
   kernels too (toolchains/onnx_int8_activations). For TensorRT the quantization is
-  symmetric int8 throughout, the only kind it executes.
+  symmetric int8 throughout, the only kind it executes, and biases stay float: its
+  ONNX parser dequantizes int8, fp8 and int4 only, not int32.
 - fp16: float16 weights and compute, with float32 or float16 inputs and outputs.
 
 `keep_float` excludes node names or op types from any of them, e.g. a detector's head.
@@ -102,6 +103,8 @@ def _static(ctx: StepContext, model, out, params: dict, nodes: list[str],
     # (reduce_range) cannot saturate, so the artifact is right on every x86 CPU.
     symmetric = params.get("symmetric", False)
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
+    if not params.get("quantize_bias", True):  # TensorRT: float biases (chain.py)
+        extra["QuantizeBias"] = False
     method = CALIBRATION_METHODS[params.get("calibration_method") or "minmax"]
     # For ONNX Runtime's CPU, hard-swish, hard-sigmoid and squeeze-excite run on int8
     # too (see onnx_int8_activations), and keeping some op types float no longer
