@@ -72,16 +72,12 @@ def _in_float64(rewrite, model, params: dict, tuning):
 
 def _start(ctx: StepContext, doing: str):
     """Seeded, deterministic TensorFlow; the input model; what to fine-tune on."""
-    import tensorflow as tf
-    import tf_keras
-
     from edgebuild.toolchains import tfmot
     from edgebuild.toolchains.tf import load_keras, step_trust
 
     params = ctx.params
     train = params.get("train") or {}
-    tf_keras.utils.set_random_seed(train.get("seed", 0))
-    tf.config.experimental.enable_op_determinism()  # same inputs, same bytes
+    tfmot.deterministic(train.get("seed", 0))
     model = load_keras(ctx.inputs["model"], step_trust(ctx))
     x = y = None
     if params["epochs"]:

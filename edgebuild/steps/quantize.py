@@ -12,38 +12,25 @@ from edgebuild.worker import StepContext
 
 
 def tflite(ctx: StepContext) -> dict:
-    import tensorflow as tf
-
     from edgebuild.data import load_samples
-    from edgebuild.steps.convert import _convert
     from edgebuild.toolchains import tf as tfc
-    from edgebuild.toolchains import tflite_inspect
+    from edgebuild.toolchains import tflite_inspect, tflite_quantize
 
     params = ctx.params
-    mode, io, keep_float = params["mode"], params["io"], params["keep_float"]
+    mode, keep_float = params["mode"], params["keep_float"]
     ctx.progress(f"quantizing to {mode} with the TFLite converter")
     converter = tfc.tflite_converter(ctx.inputs["model"], params["source_format"],
                                      ctx.outdir.parent, tfc.step_trust(ctx))
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
     samples = ()
-    if mode == "fp16":
-        converter.target_spec.supported_types = [tf.float16]
-    elif mode in ("int8", "int16x8"):
+    if mode in ("int8", "int16x8"):
         samples = load_samples(ctx.inputs["calibration"], params["calibration"])
-        converter.representative_dataset = lambda: _calibration(ctx, samples)
-        ops = tf.lite.OpsSet
-        converter.target_spec.supported_ops = [
-            ops.TFLITE_BUILTINS_INT8 if mode == "int8"
-            else ops.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        if io != "float32":
-            converter.inference_input_type = converter.inference_output_type = getattr(tf, io)
-        # The converter's own switch (used by its QuantizationDebugger too); per-tensor
-        # drops a float32 scale and an int64 zero point per output channel.
-        converter._experimental_disable_per_channel = not params["per_channel"]
+    tflite_quantize.configure(converter, mode, params["io"], params["per_channel"],
+                              lambda: _calibration(ctx, samples))
     if keep_float["layers"] or keep_float["ops"] or keep_float.get("sensitive"):
-        flatbuffer, kept = _selective_int8(ctx, converter, samples, keep_float)
+        flatbuffer, kept = tflite_quantize.selective_int8(converter, samples, keep_float,
+                                                          ctx.progress)
     else:
-        flatbuffer, kept = _convert(converter), []
+        flatbuffer, kept = tfc.convert_tflite(converter), []
     ctx.output("model", "model.tflite").write_bytes(flatbuffer)
     facts = {"calibration_samples": len(samples)}
     if kept:
@@ -60,57 +47,6 @@ def _calibration(ctx: StepContext, samples):
     for i, sample in enumerate(samples):
         ctx.progress("calibrating", i + 1, len(samples))
         yield [sample[None, ...]]
-
-
-def _selective_int8(ctx: StepContext, converter, samples,
-                    keep_float: dict) -> tuple[bytes, list[str]]:
-    """Full-integer int8 except the named layers and ops, and the `sensitive` layers
-    with the largest quantization error, which stay float: TFLite's selective
-    quantization, through its QuantizationDebugger."""
-    import tensorflow as tf
-
-    from edgebuild.errors import StepError
-    from edgebuild.toolchains import tflite_inspect
-
-    ops = tf.lite.OpsSet
-    converter.target_spec.supported_ops = [ops.TFLITE_BUILTINS_INT8, ops.TFLITE_BUILTINS]
-    options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_ops=list(keep_float["ops"]) or None)
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=lambda: ([s[None, ...]] for s in samples),
-        debug_options=options)
-    nodes = tflite_inspect.layer_nodes(tflite_inspect.read_ops(debugger.calibrated_model),
-                                       keep_float["layers"])
-    if keep_float["layers"] and not nodes:
-        raise StepError(f"quantize.keep_float.layers {list(keep_float['layers'])} match no op "
-                        "of the converted model; use the Keras layer names (ONNX node "
-                        "names for ONNX sources)")
-    if keep_float.get("sensitive"):
-        ctx.progress("measuring each layer's quantization error")
-        ranked = [n for n in _most_sensitive(debugger) if n not in nodes]
-        nodes = [*nodes, *ranked[:keep_float["sensitive"]]]
-    options.denylisted_nodes = nodes or None  # read when the final model is made
-    return debugger.get_nondebug_quantized_model(), [*keep_float["ops"], *nodes]
-
-
-def _most_sensitive(debugger) -> list[str]:
-    """Quantized tensors, largest error first. The error is the RMSE between float and
-    quantized outputs relative to the quantization step (TFLite's debugging guide): a
-    well-quantized layer sits near 1/sqrt(12) = 0.29, a troubled one well above."""
-    import csv
-    import io
-    import math
-
-    debugger.run()
-    dump = io.StringIO()
-    debugger.layer_statistics_dump(dump)
-    rows = list(csv.DictReader(io.StringIO(dump.getvalue())))
-    errors = {}
-    for row in rows:
-        scale = float(row["scale"] or 0)
-        if scale > 0:
-            errors[row["tensor_name"]] = math.sqrt(float(row["mean_squared_error"])) / scale
-    return sorted(errors, key=lambda name: -errors[name])
 
 
 def _check_integer_only(ops) -> dict:

@@ -28,6 +28,15 @@ def load_checked(path: Path):
     return model
 
 
+def checked_facts(path: Path) -> dict:
+    """The ONNX checker's verdict on a written model, and its opset and size."""
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    return {"opset": opset_of(model), "bytes": path.stat().st_size}
+
+
 def opset_of(model) -> int:
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 

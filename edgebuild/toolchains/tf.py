@@ -123,6 +123,22 @@ def tflite_converter(source: Path, source_format: str, workdir: Path,
         return tf.lite.TFLiteConverter.from_saved_model(str(saved))
 
 
+def convert_tflite(converter) -> bytes:
+    """converter.convert(), its failures as step errors."""
+    from edgebuild.errors import StepError, first_line
+
+    try:
+        flatbuffer = converter.convert()
+    except Exception as exc:  # the converter raises ConverterError and plain exceptions
+        raise StepError(f"TFLite conversion failed: {first_line(exc)}") from None
+    # A Keras model is converted through a temporary SavedModel; if writing it fails
+    # (a full disk), TensorFlow silently converts another way, with other bytes.
+    if getattr(converter, "_keras_model", None) is not None and not converter.saved_model_dir:
+        raise StepError("TFLite conversion could not write its temporary SavedModel (is the "
+                        "disk full?); refusing TensorFlow's fallback, which gives other bytes")
+    return flatbuffer
+
+
 def load_saved_model(path: Path):
     """tf.saved_model.load; keep the result alive, since it owns the variables."""
     import tensorflow as tf

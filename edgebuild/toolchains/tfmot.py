@@ -38,6 +38,15 @@ class FineTuning:
         return self.epochs * -(-len(self.x) // self.batch_size)
 
 
+def deterministic(seed: int) -> None:
+    """Seeded, deterministic TensorFlow: the same inputs give the same bytes."""
+    import tensorflow as tf
+    import tf_keras
+
+    tf_keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
 # -- layer selection ---------------------------------------------------------------
 
 def leaf_layers(model) -> list:
