@@ -129,7 +129,7 @@ def build(recipe: Path, work: Path) -> dict[str, dict]:
     results = {}
     for target, chain in project.graph.target_chains.items():
         validate = next(i for i in chain if project.graph.nodes[i].kind == "validate")
-        entry = project.resolver.entry_of(validate)
+        entry = project.planner.entry_of(validate)
         artifact = Path(report.targets[target]["bundle"]) / "model.tflite"
         data = artifact.read_bytes()
         results[target] = {

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 Made = tuple[tuple[str, str], str]
 
 
-def compile_recipe(recipe: Recipe, rungs: dict[str, int] | None = None,
+def build_graph(recipe: Recipe, rungs: dict[str, int] | None = None,
                    gpu_host: NvidiaHost | None = None) -> Graph:
     """`rungs`: how far down its fallback ladder each target has gone (default: the top).
     `gpu_host`: where TensorRT engines would be built (default: this machine)."""

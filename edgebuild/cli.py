@@ -10,7 +10,6 @@ import argparse
 import json
 import os
 import sys
-from contextlib import contextmanager
 
 from edgebuild import __version__
 from edgebuild.errors import EdgebuildError
@@ -139,11 +138,9 @@ def _discard_stdout() -> None:
 
 
 def _folder(text: str) -> str:
-    from pathlib import Path
+    from edgebuild.repo import folder_argument_problem
 
-    from edgebuild.fsutil import folder_problem
-
-    problem = folder_problem(Path(text))
+    problem = folder_argument_problem(text)
     if problem:
         raise argparse.ArgumentTypeError(problem)
     return text
@@ -172,7 +169,7 @@ def _shard(text: str) -> tuple[int, int]:
 
 
 def _settings(args):
-    from edgebuild.api import Settings
+    from edgebuild.repo import Settings
 
     return Settings.from_env(args.cache_dir, args.dist, getattr(args, "jobs", None),
                              getattr(args, "require_engines", False), args.remote_cache,
@@ -180,38 +177,21 @@ def _settings(args):
                              getattr(args, "shard", None))
 
 
-@contextmanager
-def _cluster(settings):
-    """The Dask cluster steps run on, if one is configured. Plans connect to it too:
-    its GPU decides the keys of TensorRT steps."""
-    if not settings.scheduler:
-        yield None
-        return
-    from edgebuild.distributed import connect
-
-    runner = connect(settings.scheduler, settings.remote_cache, settings.remote_readonly,
-                     settings.remote_options)
-    try:
-        yield runner
-    finally:
-        runner.close()
-
-
 def _console(args):
-    from edgebuild.console import Console
+    from edgebuild.repo import Console
 
     return Console(quiet=args.quiet or args.json)
 
 
 def cmd_build(args) -> int:
-    from edgebuild import api
+    from edgebuild import repo
 
     settings, console = _settings(args), _console(args)
     recipes = args.recipes if args.command == "all" else [args.recipe]
     targets = None if args.command == "all" else args.target
-    with _cluster(settings) as runner:
+    with repo.cluster(settings) as runner:
         # Validate every recipe before building any.
-        projects = [api.open_project(r, settings, targets, runner) for r in recipes]
+        projects = [repo.open_project(r, settings, targets, runner) for r in recipes]
         for project in projects:
             _print_warnings(project.recipe)
             if not project.graph.target_chains:
@@ -219,12 +199,12 @@ def cmd_build(args) -> int:
                       f"no targets (the recipe has {len(project.recipe.targets)})",
                       file=sys.stderr)
         projects = [p for p in projects if p.graph.target_chains]
-        reports = [api.build(p, settings, console) for p in projects]
+        reports = [repo.build(p, settings, console) for p in projects]
     # `all` ends with the comparison table and plot, as `edgebuild report` writes them.
     written, unwritten = [], False
     for project, report in zip(projects, reports, strict=True):
         try:
-            written.append(api.report(project, settings, report) if args.command == "all"
+            written.append(repo.report(project, settings, report) if args.command == "all"
                            else None)
         except OSError as exc:  # e.g. a full disk: the bundles are there, say so
             print(f"edgebuild: could not write the report for {project.recipe.name}: {exc}",
@@ -267,9 +247,9 @@ def _print_summary(report) -> None:
         print(f"failed: {', '.join(failed)}")
     for name, target in failed.items():
         if target.get("misses"):
-            from edgebuild.budget import table
+            from edgebuild.repo import misses_table
 
-            print(f"\n{name}: budget missed\n" + _indent(table(target["misses"])))
+            print(f"\n{name}: budget missed\n" + _indent(misses_table(target["misses"])))
         if target.get("fallback"):
             print(f"  fallback ladder: {target['fallback']['reason']}")
     for name, target in report.targets.items():
@@ -311,51 +291,44 @@ def _size(n: int) -> str:
 
 
 def cmd_plan(args) -> int:
-    from edgebuild import api
-    from edgebuild.plan import rejected
+    from edgebuild import repo
 
     settings = _settings(args)
-    with _cluster(settings) as runner:
-        project = api.open_project(args.recipe, settings, runner=runner)
-        states = api.plan(project)
-        deferred = api.deferred_targets(project)
-    _print_warnings(project.recipe)
+    with repo.cluster(settings) as runner:
+        doc = repo.plan_doc(repo.open_project(args.recipe, settings, runner=runner))
+    for warning in doc["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"recipe": project.recipe.name,
-                          "warnings": list(project.recipe.warnings),
-                          "deferred": deferred, "step_list": [
-            {"key": s.key, "kind": s.node.kind, "label": s.node.label,
-             "targets": s.node.targets, "status": "cached" if s.cached else "run",
-             "reasons": [r.to_dict() for r in s.reasons]} for s in states]}, indent=2))
+        doc = {**doc, "step_list": [{k: v for k, v in s.items() if k != "misses"}
+                                    for s in doc["step_list"]]}
+        print(json.dumps({k: v for k, v in doc.items() if k != "ladders"}, indent=2))
         return 0
-    to_run = sum(not s.cached for s in states)
-    print(f"{project.recipe.name}: {len(states)} steps, {len(states) - to_run} cached, "
+    steps = doc["step_list"]
+    to_run = sum(s["status"] == "run" for s in steps)
+    print(f"{doc['recipe']}: {len(steps)} steps, {len(steps) - to_run} cached, "
           f"{to_run} to run")
-    for s in states:
-        status = "cached" if s.cached else "run"
-        key = (s.key or "?" * 12)[:12]
-        print(f"  {status:<6} {key}  {s.node.label:<36} {', '.join(s.node.targets)}")
-        for reason in s.reasons:
-            print(f"           why: {reason.message}")
-        if s.cached and s.node.id in project.graph.gates and rejected(s.entry):
-            for miss in s.entry.meta["verdict"]["misses"]:
-                print(f"           budget missed: {miss['text']}")
-    for target, reason in deferred.items():
+    for s in steps:
+        key = (s["key"] or "?" * 12)[:12]
+        print(f"  {s['status']:<6} {key}  {s['label']:<36} {', '.join(s['targets'])}")
+        for reason in s["reasons"]:
+            print(f"           why: {reason['message']}")
+        for miss in s.get("misses", []):
+            print(f"           budget missed: {miss['text']}")
+    for target, reason in doc["deferred"].items():
         print(f"  {target}: deferred: {reason} (the bundle carries the build script)")
-    for target, rung in project.graph.rungs.items():
-        ladder = project.recipe.targets[target].fallback
-        print(f"  {target}: fallback ladder at rung {ladder[rung][0]} "
-              f"({rung + 1} of {len(ladder)})")
+    for target, ladder in doc["ladders"].items():
+        print(f"  {target}: fallback ladder at rung {ladder['rung']} "
+              f"({ladder['index'] + 1} of {ladder['of']})")
     return 0
 
 
 def cmd_explain(args) -> int:
-    from edgebuild import api
+    from edgebuild import repo
 
     settings = _settings(args)
-    with _cluster(settings) as runner:
-        project = api.open_project(args.recipe, settings, runner=runner)
-        state, previous, reasons = api.explain(project, args.step)
+    with repo.cluster(settings) as runner:
+        project = repo.open_project(args.recipe, settings, runner=runner)
+        state, previous, reasons = repo.explain(project, args.step)
     if args.json:
         print(json.dumps({"step": args.step, "key": state.key,
                           "previous_key": previous and previous["key"],
@@ -374,10 +347,10 @@ def cmd_explain(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from edgebuild import api
+    from edgebuild import repo
 
     settings = _settings(args)
-    written = api.report(api.open_project(args.recipe, settings), settings)
+    written = repo.report(repo.open_project(args.recipe, settings), settings)
     if args.json:
         print(json.dumps(written, indent=2))
         return 0
@@ -392,18 +365,17 @@ def cmd_report(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from edgebuild import api
-    from edgebuild.graph import to_dot, to_mermaid
+    from edgebuild import repo
 
-    project = api.open_project(args.recipe, _settings(args))
-    print((to_dot if args.format == "dot" else to_mermaid)(project.graph), end="")
+    project = repo.open_project(args.recipe, _settings(args))
+    print(repo.graph_text(project, args.format), end="")
     return 0
 
 
 def cmd_devices(args) -> int:
-    from edgebuild.catalog import load_catalog
+    from edgebuild import repo
 
-    catalog = load_catalog()
+    catalog = repo.devices()
     if args.json:
         print(json.dumps(catalog, indent=2))
         return 0
@@ -418,23 +390,17 @@ def cmd_devices(args) -> int:
 
 
 def cmd_clean(args) -> int:
-    from edgebuild import api
+    from edgebuild import repo
 
-    for path in api.clean(args.recipes, _settings(args), args.cache):
+    for path in repo.clean(args.recipes, _settings(args), args.cache):
         print(f"removed {path}")
     return 0
 
 
 def cmd_gc(args) -> int:
-    from pathlib import Path
+    from edgebuild import repo
 
-    from edgebuild import api
-    from edgebuild.cache import Cache
-    from edgebuild.recipe import load_recipe
-
-    settings = _settings(args)
-    locks = [load_recipe(Path(r)).lock_path for r in args.recipes]
-    result = api.gc(Cache(settings.cache_dir), locks, args.dry_run)
+    result = repo.gc(_settings(args), args.recipes, args.dry_run)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -445,9 +411,9 @@ def cmd_gc(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from edgebuild.verify import verify
+    from edgebuild import repo
 
-    verdicts = [verify(path) for path in args.bundles]
+    verdicts = [repo.verify(path) for path in args.bundles]
     if args.json:
         print(json.dumps({"bundles": [v.to_dict() for v in verdicts]}, indent=2))
     else:

@@ -23,7 +23,7 @@ from edgebuild.console import Console, parse_progress
 from edgebuild.errors import BuildError
 from edgebuild.fsutil import file_sizes
 from edgebuild.graph import Node
-from edgebuild.plan import Resolver, rejected
+from edgebuild.plan import Planner, rejected
 
 
 @dataclass
@@ -36,24 +36,34 @@ class Outcome:
 class Executor:
     """Runs the steps the engine hands it: here, or through `runner` (a Dask cluster)."""
 
-    def __init__(self, cache: Cache, resolver: Resolver, console: Console, runner=None):
-        self.cache, self.resolver, self.console = cache, resolver, console
+    def __init__(self, cache: Cache, planner: Planner, console: Console, runner=None):
+        self.cache, self.planner, self.console = cache, planner, console
         self.runner = runner
         self.outcomes: dict[str, Outcome] = {}  # node id -> what happened in this run
 
     def is_built(self, node: Node) -> bool:
         """Asked by the engine just before running `node`: upstream steps have run by
         now, so the key is known; another build may even have made the entry."""
-        entry = self.resolver.entry_of(node.id)
+        entry = self.planner.entry_of(node.id)
         if entry is not None and self.rejects(node, entry):
             return False  # cached, but `build` must still fail it to stop its target
         if entry is not None and node.id not in self.outcomes:
             self.outcomes[node.id] = Outcome("cached")
         return entry is not None
 
+    def replanned(self, planner: Planner) -> None:
+        """Go on with a new plan: a fallback ladder stepped down a rung."""
+        self.planner = planner
+
+    def step_down_from(self, gate: str) -> None:
+        """A ladder moves past this gate's rejected verdict: the rejection only moves
+        the ladder, the step itself did its job."""
+        outcome = self.outcomes[gate]
+        self.outcomes[gate] = Outcome("cached" if outcome.cached else "executed")
+
     def rejects(self, node: Node, entry: Entry) -> bool:
         """A gating validation whose verdict missed the budget: its target fails."""
-        return node.id in self.resolver.graph.gates and rejected(entry)
+        return node.id in self.planner.graph.gates and rejected(entry)
 
     def build(self, node: Node) -> bool:
         if node.id in self.outcomes and self.outcomes[node.id].status == "failed":
@@ -68,7 +78,7 @@ class Executor:
             _building.discard(threading.current_thread())
 
     def _build_and_record(self, node: Node) -> bool:
-        cached = self.resolver.entry_of(node.id)
+        cached = self.planner.entry_of(node.id)
         if cached is None:
             self.console.step_started(node)
         try:
@@ -90,14 +100,14 @@ class Executor:
         return True
 
     def _build(self, node: Node) -> Entry:
-        resolved = self.resolver.resolve(node)
+        resolved = self.planner.resolve(node)
         if resolved is None:
             raise BuildError("an input is missing from the cache")
         doc, key = resolved
         job = StepJob(
             key=key, kind=node.kind, doc=doc, runner=node.impl.runner, heavy=node.impl.heavy,
             params=node.params, device=node.device,
-            inputs={name: self.resolver.entry_of(up_id).outputs[output]
+            inputs={name: self.planner.entry_of(up_id).outputs[output]
                     for name, (up_id, output) in node.deps.items()},
             files={name: str(path) for name, path in node.files.items()},
             chain=self._chain(node))
@@ -106,15 +116,15 @@ class Executor:
         else:
             entry = run_step(self.cache, job, lambda line: self.console.step_progress(
                 node, *parse_progress(line)))
-        self.resolver.record(node.id, entry)
+        self.planner.run.record(node.id, entry)
         return entry
 
     def _chain(self, node: Node) -> list[dict]:
         """What a bundle manifest records of the steps before it."""
         chain = []
         for up_id in node.chain:
-            entry = self.resolver.entry_of(up_id)
-            impl = self.resolver.graph.nodes[up_id].impl
+            entry = self.planner.entry_of(up_id)
+            impl = self.planner.graph.nodes[up_id].impl
             chain.append({"kind": entry.kind, "impl": entry.doc["impl"], "key": entry.key,
                           "params": entry.doc["params"], "toolchain": entry.doc["toolchain"],
                           "inputs": entry.doc["inputs"], "facts": entry.meta.get("facts", {}),

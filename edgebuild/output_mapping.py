@@ -8,19 +8,13 @@ shapes cannot decide is an error, not a guess. Pure: no toolchain imports.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from edgebuild.errors import StepError
+from edgebuild.toolchains.onnx_to_tf import signature_key
 
 NHWC_FROM_NCHW = (0, 2, 3, 1)
 NCHW_FROM_NHWC = (0, 3, 1, 2)
-
-
-def signature_key(name: str) -> str:
-    """An ONNX tensor name as a TensorFlow signature key (letters, digits, _ . -)."""
-    key = re.sub(r"[^A-Za-z0-9_.\-]", "_", name).lstrip("_.-")
-    return key or "output"
 
 
 @dataclass(frozen=True)

@@ -49,14 +49,32 @@ class StepState:
         return self.entry is not None
 
 
-class Resolver:
-    """Computes key documents and looks them up in the cache. Thread-safe: the engine
-    asks again from worker threads once upstream steps have finished."""
+class RunRecord:
+    """The run's record: the cache entry of each step, once known (found in the cache
+    or just built). Thread-safe: the engine's threads record as steps finish."""
+
+    def __init__(self):
+        self._entries: dict[str, Entry] = {}  # node id -> entry
+        self._lock = threading.Lock()
+
+    def get(self, node_id: str) -> Entry | None:
+        with self._lock:
+            return self._entries.get(node_id)
+
+    def record(self, node_id: str, entry: Entry) -> None:
+        with self._lock:
+            self._entries[node_id] = entry
+
+
+class Planner:
+    """Computes key documents and keys, and finds them in the cache; what it finds
+    goes into the run's record. Thread-safe: the engine asks again from worker threads
+    once upstream steps have finished."""
 
     def __init__(self, graph: Graph, cache: Cache, stat: StatCache, previous: dict | None = None):
         self.graph, self.cache, self.stat = graph, cache, stat
         self.previous = previous or {}  # (target, impl) -> lock-file record of the last build
-        self._entries: dict[str, Entry] = {}  # node id -> entry, once known
+        self.run = RunRecord()
         # node id -> (key document, key). Final once computed: it exists only when every
         # upstream entry is known, and those do not change within a run.
         self._resolved: dict[str, tuple[dict, str]] = {}
@@ -96,20 +114,17 @@ class Resolver:
         return _json_roundtrip(doc)
 
     def entry_of(self, node_id: str) -> Entry | None:
-        with self._lock:
-            if node_id in self._entries:
-                return self._entries[node_id]
+        """The step's entry: recorded in this run, or found in the cache by its key."""
+        entry = self.run.get(node_id)
+        if entry is not None:
+            return entry
         resolved = self.resolve(self.graph.nodes[node_id])
         if resolved is None:
             return None
         entry = self.cache.entry(resolved[1])
         if entry is not None:
-            self.record(node_id, entry)
+            self.run.record(node_id, entry)
         return entry
-
-    def record(self, node_id: str, entry: Entry) -> None:
-        with self._lock:
-            self._entries[node_id] = entry
 
     def state(self, node: Node) -> StepState:
         resolved = self.resolve(node)

@@ -54,7 +54,7 @@ def test_bundles_are_byte_identical_across_checkouts_and_caches(built_tiny, tiny
 def test_manifest_matches_its_schema_and_files(built_tiny):
     import jsonschema
 
-    from edgebuild.recipe.schema import _validator
+    from edgebuild.schema import _validator
 
     for target in ("rpi4", "pixel"):
         folder = built_tiny.dist / "tiny" / target

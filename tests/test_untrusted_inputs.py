@@ -249,7 +249,7 @@ def test_a_trusted_model_builds_and_its_module_is_a_step_input(tiny, tmp_path):
 
 
 def test_trusted_loads_name_what_the_module_lacks(tmp_path, monkeypatch):
-    from edgebuild.recipe.model import Trust
+    from edgebuild.toolchains.keras_files import Trust
     from edgebuild.toolchains.tf import load_keras
 
     model_with_code(tmp_path, "custom.keras", custom=True)

@@ -14,11 +14,11 @@ def catalog_text() -> str:
 @cache
 def load_catalog(validate: bool = True) -> dict[str, dict]:
     """Profiles by name, as plain mappings (the recipe layer merges and types them)."""
-    from edgebuild.recipe import yamlpos
+    from edgebuild import yamlpos
 
     profiles = yamlpos.load(catalog_text()).data or {}
     if validate:
-        from edgebuild.recipe.schema import validate as check
+        from edgebuild.schema import validate as check
 
         problems = check("device-catalog", profiles)
         if problems:  # a packaging bug, not a user error

@@ -11,15 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from edgebuild import __version__
+from edgebuild import __version__, yamlpos
 from edgebuild.catalog import catalog_text, load_catalog
 from edgebuild.errors import Problem, RecipeError
+from edgebuild.metrics import TASK_METRICS
 from edgebuild.plugins import is_module_name, local_module_file
-from edgebuild.recipe import yamlpos
 from edgebuild.recipe.model import (
     KERAS_SLOTS,
     SLOTS,
-    TASK_METRICS,
     Dataset,
     Device,
     Preprocess,
@@ -27,9 +26,9 @@ from edgebuild.recipe.model import (
     Source,
     Target,
     Training,
-    Trust,
 )
 from edgebuild.steps.params import RUNGS, SLOT_PARAMS, Budget, QuantizeParams
+from edgebuild.toolchains.keras_files import Trust
 
 DEFAULT_RUNTIME = {"tflite": "litert", "onnx": "onnxruntime"}  # a device's other format
 ON_BY_DEFAULT = {"convert", "validate", "bundle"}  # the rest run where a profile asks
@@ -99,7 +98,7 @@ class _Resolver:
             [__version__, self.text, catalog_text(), *_schema_texts()]).encode()).hexdigest()
         self.known_valid = bool(self.memo and self.memo.seen(digest))
         if not self.known_valid:
-            from edgebuild.recipe.schema import validate
+            from edgebuild.schema import validate
 
             for key_path, message, about_key in validate("recipe", data):
                 self.complain(key_path, message, about_key)
@@ -737,7 +736,7 @@ def _keras_flavour(path: Path) -> str:
 
 
 def _schema_texts() -> list[str]:
-    from edgebuild.recipe.schema import SCHEMAS, schema_text
+    from edgebuild.schema import SCHEMAS, schema_text
 
     return [schema_text(name) for name in SCHEMAS]
 

@@ -6,17 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgebuild.steps.params import Budget, QuantizeParams
+from edgebuild.toolchains.keras_files import Trust
 
 # Step slots, in the order a chain runs them. A profile or target fills a slot with
 # parameters, or switches it off with `false`.
 SLOTS = ("convert", "prune", "cluster", "quantize", "compile", "validate", "bundle")
 KERAS_SLOTS = ("prune", "cluster")  # tfmot rewrites of a Keras 2 (tf_keras) model
 
-# Task metrics, as fractions; the first is what accuracy drops are measured on.
-TASK_METRICS = {"classification": ("top1", "top5"), "detection": ("map50", "map50_95")}
-PRIMARY_METRIC = {task: metrics[0] for task, metrics in TASK_METRICS.items()}
-METRIC_LABELS = {"top1": "top-1", "top5": "top-5", "map50": "mAP@0.5",
-                 "map50_95": "mAP@0.5:0.95"}
 
 
 @dataclass(frozen=True)
@@ -54,19 +50,6 @@ class Training:
         return {"loss": self.loss, "count": self.count, "epochs": self.epochs,
                 "batch_size": self.batch_size, "learning_rate": self.learning_rate,
                 "seed": self.seed}
-
-
-@dataclass(frozen=True)
-class Trust:
-    """source.trust_source: the recipe vouches for the model's code, so Keras loads it
-    outside safe mode (Lambda layers run their code) and resolves custom layers and
-    functions from `custom_objects`, a module the recipe names."""
-
-    custom_objects: str | None = None  # package.module
-    module_file: Path | None = None    # its source, when next to the recipe (an input)
-
-    def to_dict(self) -> dict:
-        return {"custom_objects": self.custom_objects}
 
 
 @dataclass(frozen=True)

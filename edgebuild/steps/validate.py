@@ -31,9 +31,9 @@ def run(ctx: StepContext) -> dict:
     from edgebuild import budget as budgets
     from edgebuild import evaluation as ev
     from edgebuild.evaluation import OUTPUT_NAMES
+    from edgebuild.metrics import METRIC_LABELS, PRIMARY_METRIC
     from edgebuild.metrics.fidelity import output_fidelity
     from edgebuild.output_mapping import match_outputs
-    from edgebuild.recipe.model import METRIC_LABELS, PRIMARY_METRIC
     from edgebuild.toolchains.runtimes import float_compute, load_runtime
 
     params, task = ctx.params, ctx.params["task"]

@@ -26,6 +26,19 @@ def keras_flavour(path: Path) -> str:
 
 
 @dataclass(frozen=True)
+class Trust:
+    """source.trust_source: the recipe vouches for the model's code, so Keras loads it
+    outside safe mode (Lambda layers run their code) and resolves custom layers and
+    functions from `custom_objects`, a module the recipe names."""
+
+    custom_objects: str | None = None  # package.module
+    module_file: Path | None = None    # its source, when next to the recipe (an input)
+
+    def to_dict(self) -> dict:
+        return {"custom_objects": self.custom_objects}
+
+
+@dataclass(frozen=True)
 class ModelCode:
     """Code a Keras model brings along: Lambda layers, whose Python is stored in the
     file, and custom objects, classes and functions Keras imports by name."""

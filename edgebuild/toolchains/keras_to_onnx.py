@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edgebuild.recipe.model import Trust
+    from edgebuild.toolchains.keras_files import Trust
 
 
 def convert(source: Path, source_format: str, opset: int, workdir: Path,

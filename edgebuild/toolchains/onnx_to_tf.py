@@ -3,10 +3,16 @@ SavedModel whose signature keeps the ONNX model's input and output names."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from edgebuild.errors import StepError, first_line
-from edgebuild.output_mapping import signature_key
+
+
+def signature_key(name: str) -> str:
+    """An ONNX tensor name as a TensorFlow signature key (letters, digits, _ . -)."""
+    key = re.sub(r"[^A-Za-z0-9_.\-]", "_", name).lstrip("_.-")
+    return key or "output"
 
 
 def io_names(path: Path) -> tuple[list[str], list[str]]:

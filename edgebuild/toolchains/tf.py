@@ -24,7 +24,7 @@ from edgebuild.toolchains.keras_files import (
 )
 
 if TYPE_CHECKING:
-    from edgebuild.recipe.model import Trust
+    from edgebuild.toolchains.keras_files import Trust
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # tf.keras is tf_keras, as tfmot needs
 
@@ -191,7 +191,7 @@ def run_source(source: Path, source_format: str, x, workdir: Path, batch: int = 
 def step_trust(ctx) -> Trust | None:
     """The recipe's trust in the model a step loads (see chain: steps that load Keras
     models get it as a parameter, and the custom-objects module as an input)."""
-    from edgebuild.recipe.model import Trust
+    from edgebuild.toolchains.keras_files import Trust
 
     spec = ctx.params.get("trust_source")
     if spec is None:

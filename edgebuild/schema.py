@@ -11,7 +11,7 @@ import json
 from functools import cache
 from importlib import resources
 
-from edgebuild.recipe.yamlpos import KeyPath
+from edgebuild.yamlpos import KeyPath
 
 SCHEMAS = ("recipe", "device-catalog", "steps", "manifest")
 

@@ -1,0 +1,132 @@
+"""The end of a build: publish each finished target's bundle to dist/, say how each
+target did, and record what was built in the lock file beside the recipe."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import PurePath
+from typing import TYPE_CHECKING
+
+from edgebuild.cache import CorruptBlob
+from edgebuild.lockfile import step_record, write_lock
+from edgebuild.plan import gate_of, rejected
+from edgebuild.recipe import Recipe
+from edgebuild.repo.ladder import ladder_of
+from edgebuild.repo.settings import Settings
+
+if TYPE_CHECKING:
+    from edgebuild.repo.build import StepReport
+    from edgebuild.repo.project import Project
+
+
+def finish_targets(project: Project, settings: Settings, steps: list[StepReport]) -> dict:
+    """Publish finished bundles, record them in the lock file, say how each target did."""
+    by_id = dict(zip((n.id for n in project.graph.order()), steps, strict=True))
+    targets, records = {}, {}
+    for target, chain in project.graph.target_chains.items():
+        chain_steps = [by_id[node_id] for node_id in chain]
+        if any(s.status in ("failed", "skipped") for s in chain_steps) or \
+                project.planner.entry_of(chain[-1]) is None:
+            targets[target] = _failed(project, target, chain_steps)
+            continue
+        targets[target] = _published(project, settings, target, chain)
+        if targets[target]["status"] != "failed":
+            records[target] = _lock_record(project, target, chain, ladder_of(project, target))
+    if records:
+        recipe = project.recipe
+        source = {"path": _as_written(recipe), "format": recipe.source.format,
+                  "digest": project.planner.stat.digest(recipe.source.path)}
+        write_lock(recipe.lock_path, recipe.name, source, list(recipe.targets), records,
+                   project.lock)
+        project.cache.add_root(recipe.lock_path)
+    return targets
+
+
+def _failed(project: Project, target: str, chain_steps: list[StepReport]) -> dict:
+    failed = [s.label for s in chain_steps if s.status == "failed"]
+    result = {"status": "failed", "failed_steps": failed, "bundle": None}
+    gate = gate_of(project.graph, target)
+    verdict = project.planner.entry_of(gate) if gate else None
+    if verdict is not None and rejected(verdict):
+        result["misses"] = verdict.meta["verdict"]["misses"]
+    ladder = ladder_of(project, target)
+    if ladder:
+        result["fallback"] = ladder
+    return result
+
+
+def _published(project: Project, settings: Settings, target: str, chain: list[str]) -> dict:
+    from edgebuild.publish import archive_path, publish
+
+    deferred = deferred_steps(project, chain)
+    if settings.require_engines and "compile.tensorrt" in deferred:
+        return {"status": "failed", "failed_steps": ["compile.tensorrt"], "bundle": None,
+                "message": f"no engine: {deferred['compile.tensorrt']} (--require-engines)"}
+    bundle_entry = project.planner.entry_of(chain[-1])
+    dest = project.bundle_dir(settings, target)
+    try:
+        publish(project.cache, bundle_entry.outputs["bundle"], dest,
+                bundle_entry.outputs.get("archive"))
+    except CorruptBlob as exc:
+        return {"status": "failed", "failed_steps": ["bundle"], "bundle": None,
+                "message": str(exc)}
+    result = {"status": "deferred" if deferred else "ok", "bundle": str(dest)}
+    if deferred:
+        result["deferred"] = "; ".join(dict.fromkeys(deferred.values()))
+    if "archive" in bundle_entry.outputs:
+        result["archive"] = {"path": str(archive_path(dest)),
+                             "bytes": bundle_entry.outputs["archive"].size}
+    ladder = ladder_of(project, target)
+    if ladder:
+        result["fallback"] = ladder
+    slower = measured(project, target).get("slower")
+    if slower:
+        result["slower"] = slower
+    return result
+
+
+def _as_written(recipe: Recipe) -> str:
+    """The source's path for the lock file: as the recipe writes it, relative to the
+    recipe, so it is the same in any checkout (resolving it would follow links, and
+    ../shared may be one); an absolute path becomes relative to the recipe."""
+    written = PurePath(recipe.source.written)
+    if written.is_absolute() or not recipe.source.written:
+        return PurePath(os.path.relpath(recipe.source.path, recipe.folder)).as_posix()
+    return written.as_posix()
+
+
+def measured(project: Project, target: str) -> dict:
+    """What validation measured of a target's artifact (its report.json); {} if none."""
+    gate = gate_of(project.graph, target)
+    entry = project.planner.entry_of(gate) if gate else None
+    if entry is None:
+        return {}
+    return json.loads(project.cache.read_blob(entry.outputs["report"].digest))
+
+
+def deferred_steps(project: Project, chain: list[str]) -> dict[str, str]:
+    """Steps of a chain that left their work to the device: impl name -> why."""
+    found = {}
+    for node_id in chain:
+        entry = project.planner.entry_of(node_id)
+        if entry is not None and entry.status == "deferred":
+            found[project.graph.nodes[node_id].impl_name] = entry.meta.get("deferred", "")
+    return found
+
+
+def _lock_record(project: Project, target: str, chain: list[str],
+                 ladder: dict | None = None) -> dict:
+    steps = []
+    for node_id in chain:
+        entry = project.planner.entry_of(node_id)
+        volatile = project.graph.nodes[node_id].impl.volatile
+        outputs = {name: out.digest for name, out in sorted(entry.outputs.items())
+                   if name not in volatile}
+        steps.append(step_record(entry.key, entry.doc, outputs, entry.status,
+                                 entry.meta.get("facts")))
+    device = project.recipe.targets[target].device.name
+    record = {"device": device, "steps": steps}
+    if ladder:
+        record["fallback"] = {"chosen": ladder["chosen"], "reason": ladder["reason"]}
+    return record

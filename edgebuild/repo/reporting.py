@@ -1,0 +1,111 @@
+"""The build report: one row per target (what it is, what validation measured,
+whether it ships), written as report.json, report.md and a Pareto plot beside the
+bundles, from what the cache holds, so `edgebuild report` needs no build."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from edgebuild.metrics import METRIC_LABELS, PRIMARY_METRIC
+from edgebuild.plan import gate_of, rejected
+from edgebuild.repo.build import BuildReport
+from edgebuild.repo.finish import measured
+from edgebuild.repo.ladder import ladder_of
+from edgebuild.repo.project import Project
+from edgebuild.repo.settings import Settings
+
+
+def report(project: Project, settings: Settings, built: BuildReport | None = None) -> dict:
+    """Write the report files; skip rendering when the report has not changed, so
+    no-op builds stay fast."""
+    doc = report_doc(project, built)
+    folder = settings.dist_dir / project.recipe.name
+    paths = {"json": folder / "report.json", "md": folder / "report.md",
+             "png": folder / "pareto.png"}
+    try:
+        unchanged = json.loads(paths["json"].read_text()) == doc and \
+            all(p.exists() for p in paths.values())
+    except (OSError, ValueError):
+        unchanged = False
+    if not unchanged:
+        # matplotlib keeps its font cache and config under $HOME unless told otherwise;
+        # edgebuild writes only under the cache and dist.
+        os.environ.setdefault("MPLCONFIGDIR", str(project.cache.state / "matplotlib"))
+        from edgebuild.report import render
+
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = render(doc, folder)
+    return {"doc": doc, "paths": {k: str(v) for k, v in paths.items()}}
+
+
+def report_doc(project: Project, built: BuildReport | None = None) -> dict:
+    """One row per target: what it is, what validation measured, and whether it ships."""
+    recipe = project.recipe
+    metric_key = PRIMARY_METRIC[recipe.task]
+    rows, host, baseline, float_latency = [], None, None, None
+    for target in project.graph.target_chains:
+        row, found = _row(project, target, built)
+        if found:
+            metric_key = found["metric"]
+            baseline = baseline or found["baseline"]
+            float_latency = float_latency or found["float_latency"]
+            host = host or found["latency"]["host_cpu"]
+        rows.append(row)
+    return {"recipe": recipe.name, "task": recipe.task, "metric": metric_key,
+            "metric_label": METRIC_LABELS[metric_key], "metric_labels": METRIC_LABELS,
+            "host": {"cpu": host, "threads": 1, "note": "host latency, not device latency"},
+            "baseline": {"metrics": baseline, "latency": float_latency and {
+                k: float_latency[k] for k in ("median_ms", "p90_ms")}},
+            "targets": rows}
+
+
+def _row(project: Project, target: str, built: BuildReport | None) -> tuple[dict, dict]:
+    """A target's row, and what its validation measured ({} if nothing yet)."""
+    graph, planner = project.graph, project.planner
+    bundle = graph.nodes[graph.target_chains[target][-1]]
+    model_entry = planner.entry_of(bundle.deps["model"][0])
+    size = (model_entry.meta.get("facts", {}).get("size") or {}) if model_entry else {}
+    row = {"target": target, "device": project.recipe.targets[target].device.name,
+           "format": project.recipe.targets[target].format,
+           "precision": bundle.params["precision"],
+           "status": target_status(project, target, built), "bytes": size.get("bytes"),
+           "gzip_bytes": size.get("gzip_bytes"), "metrics": None, "drop": None,
+           "fidelity": None, "latency": None, "speedup": None, "slower": None,
+           "budget": {"status": "none", "misses": []}, "rung": None}
+    found = measured(project, target)
+    if found:
+        fidelity = found["fidelity"]
+        snrs = [f["snr_db"] for f in fidelity if f["snr_db"] is not None]
+        agreement = found["agreement"] or {}
+        row.update(
+            metrics=found["metrics"], drop=found["drop"],
+            fidelity={"cosine": min(f["cosine"] for f in fidelity),
+                      "snr_db": min(snrs) if snrs else None,
+                      "agreement": agreement.get("value"),
+                      "agreement_label": agreement.get("label")},
+            latency={k: found["latency"][k] for k in ("median_ms", "p90_ms", "runs",
+                                                      "threads")},
+            speedup=found["speedup"], slower=found.get("slower"),
+            budget={"status": "pass" if found["passed"] else "fail",
+                    "misses": found["misses"]})
+    ladder = ladder_of(project, target)
+    if ladder:
+        row["rung"] = {"chosen": ladder["chosen"], "tried": ladder["tried"]}
+    return row, found
+
+
+def target_status(project: Project, target: str, built: BuildReport | None) -> str:
+    if built is not None and target in built.targets:
+        return built.targets[target]["status"]
+    chain = project.graph.target_chains[target]
+    gate = gate_of(project.graph, target)
+    verdict = project.planner.entry_of(gate) if gate else None
+    if verdict is not None and rejected(verdict):
+        return "failed"
+    bundle = project.planner.entry_of(chain[-1])
+    if bundle is None:
+        return "pending"
+    deferred = any((e := project.planner.entry_of(i)) and e.status == "deferred"
+                   for i in chain)
+    return "deferred" if deferred else "ok"
