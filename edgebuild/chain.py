@@ -14,7 +14,7 @@ from edgebuild.graph import Graph, Node
 from edgebuild.recipe.model import KERAS_SLOTS, Recipe, Target
 
 if TYPE_CHECKING:
-    from edgebuild.toolchains.nvidia import NvidiaHost
+    from edgebuild.toolchains.gpu_probe import NvidiaHost
 
 # A model a step made, as ((node id, output), its format: "keras" or "saved_model").
 Made = tuple[tuple[str, str], str]
@@ -101,9 +101,9 @@ def _add_tensorrt(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[
                   device: dict, gpu_host: NvidiaHost | None) -> dict[str, tuple[str, str]]:
     """The engine build, or its deferred script, and the engine's own validation where
     it can be built. Returns the bundle's inputs from these steps."""
-    from edgebuild.toolchains import nvidia
+    from edgebuild.toolchains import gpu_probe
 
-    host = gpu_host or nvidia.host()
+    host = gpu_host or gpu_probe.host()
     compile_ = target.steps["compile"]
     files = {}
     if compile_.timing_cache:

@@ -22,7 +22,7 @@ from edgebuild.cache import Cache, Entry, Output
 from edgebuild.errors import BuildError, EdgebuildError, UsageError
 from edgebuild.executor import StepJob, run_step
 from edgebuild.graph import Node
-from edgebuild.toolchains.nvidia import NvidiaHost
+from edgebuild.toolchains.gpu_probe import NvidiaHost
 
 GPU_RESOURCE = "GPU"
 
@@ -70,7 +70,7 @@ class DaskRunner:
     def _find_gpus(self) -> tuple[NvidiaHost, list[str]]:
         """The GPU that TensorRT steps are keyed by and the workers that have it: the
         first (by address) worker offering GPU=1 that can build engines."""
-        from edgebuild.toolchains.nvidia import tensorrt_version
+        from edgebuild.toolchains.gpu_probe import tensorrt_version
 
         try:
             workers = self.client.scheduler_info(n_workers=-1)["workers"]  # all of them
@@ -176,6 +176,6 @@ def toolchain_versions() -> dict[str, str | None]:
 
 
 def probe_gpu() -> dict:
-    from edgebuild.toolchains.nvidia import host
+    from edgebuild.toolchains.gpu_probe import host
 
     return host().key()

@@ -179,7 +179,7 @@ def _initializer(model, name: str):
 
 def test_deferred_engines_show_in_plan_and_fail_with_require_engines(onnx_project, capsys):
     from edgebuild.cli import main
-    from edgebuild.toolchains.nvidia import host
+    from edgebuild.toolchains.gpu_probe import host
 
     if host().deferral is None:
         pytest.skip("this host can build TensorRT engines, so nothing is deferred")
@@ -201,14 +201,14 @@ def test_a_new_tensorrt_version_or_gpu_reruns_only_compile_and_after(onnx_projec
     key, and nothing before compile depends on them."""
     from conftest import executed
 
-    from edgebuild.toolchains import nvidia
+    from edgebuild.toolchains import gpu_probe
 
     onnx_project.recipe.write_text(with_targets("jetson: {device: jetson-orin}"))
-    hosts = [nvidia.NvidiaHost(tensorrt=None), nvidia.NvidiaHost(tensorrt="10.13.3.9"),
-             nvidia.NvidiaHost(gpu="NVIDIA Jetson AGX Orin", compute_capability="8.7")]
+    hosts = [gpu_probe.NvidiaHost(tensorrt=None), gpu_probe.NvidiaHost(tensorrt="10.13.3.9"),
+             gpu_probe.NvidiaHost(gpu="NVIDIA Jetson AGX Orin", compute_capability="8.7")]
     runs = []
     for fake in hosts:
-        monkeypatch.setattr(nvidia, "host", lambda fake=fake: fake)
+        monkeypatch.setattr(gpu_probe, "host", lambda fake=fake: fake)
         runs.append(executed(onnx_project.build()))
     assert ("prepare", ("jetson",)) in runs[0]
     for later in runs[1:]:

@@ -168,7 +168,7 @@ def test_integer_only_check_lists_a_planted_float_op(built_opt):
     """The selective target keeps its dense layer in float on purpose: the check that
     guards integer-only devices must name that op and its float tensors."""
     from edgebuild.errors import StepError
-    from edgebuild.steps.quantize import _check_integer_only
+    from edgebuild.steps.quantize_tflite import _check_integer_only
 
     ops = ops_of(built_opt, "selective")
     assert "FULLY_CONNECTED" in {op.name for op in ops}

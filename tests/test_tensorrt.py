@@ -17,8 +17,8 @@ from fake_tensorrt import FakeCudart, Tensor, make_tensorrt, timing_cache_bytes
 from test_onnx_sources import make_tiny_onnx, with_targets
 
 from edgebuild.errors import StepError
-from edgebuild.toolchains import nvidia
-from edgebuild.toolchains.nvidia import host
+from edgebuild.toolchains import gpu_probe
+from edgebuild.toolchains.gpu_probe import host
 
 needs_gpu = pytest.mark.skipif(host().deferral is not None,
                                reason=f"TensorRT engines need a GPU: {host().deferral}")
@@ -308,17 +308,17 @@ def test_the_probed_gpu_is_the_one_cuda_builds_on(monkeypatch, visible, gpu):
     def nvidia_smi(*args):
         return SMI_L if args == ("-L",) else SMI
 
-    monkeypatch.setattr(nvidia, "_nvidia_smi", nvidia_smi)
-    monkeypatch.setattr(nvidia.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(gpu_probe, "_nvidia_smi", nvidia_smi)
+    monkeypatch.setattr(gpu_probe.shutil, "which", lambda name: f"/usr/bin/{name}")
     if visible is None:
         monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     else:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
-    nvidia.host.cache_clear()
+    gpu_probe.host.cache_clear()
     try:
-        probed = nvidia.host()
+        probed = gpu_probe.host()
     finally:
-        nvidia.host.cache_clear()
+        gpu_probe.host.cache_clear()
     assert probed.gpu == gpu
     assert probed.compute_capability == {None: None, "NVIDIA A100-SXM4-40GB": "8.0",
                                          "NVIDIA H100 80GB HBM3": "9.0"}[gpu]

@@ -351,7 +351,7 @@ def test_external_data_materialized_apart_is_staged_beside_the_model(tmp_path):
     # On a Dask worker, inputs arrive from the cache, each in its own folder.
     import onnx
 
-    from edgebuild.toolchains.onnx_files import external_data, source_model
+    from edgebuild.toolchains.onnx_external_data import external_data, source_model
     from edgebuild.worker import StepContext
 
     (tmp_path / "data").mkdir()

@@ -23,7 +23,7 @@ def run_tf(ctx: StepContext) -> dict:
 
 def run_onnx(ctx: StepContext) -> dict:
     from edgebuild.evaluation import load_validation_set
-    from edgebuild.toolchains.onnx_files import source_model
+    from edgebuild.toolchains.onnx_external_data import source_model
     from edgebuild.toolchains.runtimes import OnnxModel
 
     truth = load_validation_set(ctx.inputs, ctx.params)

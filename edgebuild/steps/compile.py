@@ -16,7 +16,7 @@ SHARED_SEED = "state"  # what earlier builds on this GPU and TensorRT version le
 
 
 def tensorrt(ctx: StepContext) -> dict:
-    from edgebuild.toolchains.nvidia import NvidiaHost
+    from edgebuild.toolchains.gpu_probe import NvidiaHost
     from edgebuild.toolchains.tensorrt import COMPATIBILITY_LEVELS, trtexec_command
 
     host = NvidiaHost(**ctx.device["host"])  # what the key says: planning probed it

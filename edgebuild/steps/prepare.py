@@ -16,7 +16,7 @@ from edgebuild.worker import StepContext
 
 def onnx(ctx: StepContext) -> dict:
     from edgebuild.toolchains import onnx_tools as tools
-    from edgebuild.toolchains.onnx_files import source_model
+    from edgebuild.toolchains.onnx_external_data import source_model
 
     ctx.progress("preparing the ONNX model")
     source = source_model(ctx)

@@ -44,7 +44,7 @@ def keras_signature(config, flavour: str, custom_possible: bool) -> ModelSignatu
 
 
 def onnx_signature(path: Path) -> ModelSignature:
-    from edgebuild.toolchains.onnx_files import graph_io
+    from edgebuild.toolchains.onnx_external_data import graph_io
 
     inputs, outputs = graph_io(path)
     return ModelSignature(inputs, outputs)

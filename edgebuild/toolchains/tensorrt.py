@@ -72,7 +72,7 @@ def build_engine(onnx_path: Path, hardware_compatibility: str = "none",
                  timing_caches: dict[str, bytes] | None = None) -> EngineBuild:
     """Build for the GPU this process runs on, starting from the named timing caches
     (serialized), merged."""
-    from edgebuild.toolchains.nvidia import number_gpus_as_nvidia_smi
+    from edgebuild.toolchains.gpu_probe import number_gpus_as_nvidia_smi
 
     number_gpus_as_nvidia_smi()
     import tensorrt as trt
@@ -172,7 +172,7 @@ class TensorRTModel:
     and out, whatever the engine's own I/O types."""
 
     def __init__(self, path: Path, threads: int = 1):
-        from edgebuild.toolchains.nvidia import number_gpus_as_nvidia_smi
+        from edgebuild.toolchains.gpu_probe import number_gpus_as_nvidia_smi
 
         number_gpus_as_nvidia_smi()
         import tensorrt as trt
