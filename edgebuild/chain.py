@@ -72,20 +72,33 @@ def _add_target(graph: Graph, recipe: Recipe, target: Target, rung: int,
     if verdict:
         graph.gates.add(verdict[0])
 
-    deps = {"model": artifact}
-    compile_ = target.steps.get("compile")
-    if compile_ is not None and compile_.compiler == "tensorrt":
-        deps.update(_add_tensorrt(graph, recipe, target, artifact, device, gpu_host))
-    elif compile_ is not None:  # the Edge TPU compiler: a deferred build, always
-        from edgebuild.toolchains import edgetpu
-
-        node = Node(f"compile.{compile_.compiler}", compile_.to_dict(),
-                    deps={"model": artifact}, device=device)
-        deps["build"] = (_add(graph, recipe, node, name), "build")
-        graph.deferred[name] = edgetpu.deferral()
+    deps = {"model": artifact, **_add_compile(graph, recipe, target, artifact, device,
+                                              gpu_host)}
     if verdict:
         deps["verdict"] = verdict
     deps.update({f"rejected_{i}": v for i, v in enumerate(rejected)})
+    _add_bundle(graph, recipe, target, quantize, deps, device)
+
+
+def _add_compile(graph: Graph, recipe: Recipe, target: Target, artifact: tuple[str, str],
+                 device: dict, gpu_host: NvidiaHost | None) -> dict[str, tuple[str, str]]:
+    """The device compiler's steps, if the target has one; the bundle's inputs from them."""
+    compile_ = target.steps.get("compile")
+    if compile_ is None:
+        return {}
+    if compile_.compiler == "tensorrt":
+        return _add_tensorrt(graph, recipe, target, artifact, device, gpu_host)
+    from edgebuild.toolchains import edgetpu  # the Edge TPU compiler: always deferred
+
+    node = Node(f"compile.{compile_.compiler}", compile_.to_dict(), deps={"model": artifact},
+                device=device)
+    graph.deferred[target.name] = edgetpu.deferral()
+    return {"build": (_add(graph, recipe, node, target.name), "build")}
+
+
+def _add_bundle(graph: Graph, recipe: Recipe, target: Target, quantize, deps: dict,
+                device: dict) -> None:
+    name = target.name
     files = {"labels": recipe.labels} if recipe.labels else {}
     params = {"recipe": recipe.name, "task": recipe.task, "target": name,
               "precision": _precision(target, quantize),

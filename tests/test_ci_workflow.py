@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import shlex
 
+import pytest
 import yaml
 from conftest import REPO
 
 from edgebuild.cli import _parser
+
+pytestmark = pytest.mark.fast
 
 WORKFLOW = REPO / ".github" / "workflows" / "edgebuild.yml"
 

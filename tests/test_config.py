@@ -12,6 +12,8 @@ from edgebuild.errors import UsageError
 from edgebuild.graph import Node
 from edgebuild.remote import RemoteStore, display_url, scrub
 
+pytestmark = pytest.mark.fast
+
 
 def test_flags_win_over_environment_over_config_file(tmp_path, monkeypatch):
     (tmp_path / "edgebuild.toml").write_text(

@@ -14,6 +14,8 @@ import pytest
 from edgebuild.console import Console, format_progress, parse_progress
 from edgebuild.worker import StepContext
 
+pytestmark = pytest.mark.fast
+
 
 @dataclass
 class Node:

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 
 from edgebuild.cli import main
 
+pytestmark = pytest.mark.fast
+
 SECONDS = 10  # per recipe: parsing and validating a hostile recipe must never hang
 CASES = {"tried": 0, "rejected": 0, "accepted": 0}
 

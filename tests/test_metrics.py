@@ -23,6 +23,8 @@ from edgebuild.metrics.detection import (
 )
 from edgebuild.metrics.fidelity import SNR_FLOOR_DB, output_fidelity
 
+pytestmark = pytest.mark.fast
+
 ULTRAFACE = SHARED / "models" / "ultraface"
 PLAIN = {"mean": [0, 0, 0], "std": [1, 1, 1], "scale": 1.0}
 

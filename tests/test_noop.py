@@ -6,6 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.fast
+
 HEAVY = ("tensorflow", "tf_keras", "keras", "onnxruntime", "onnx", "tensorrt", "tf2onnx",
          "ai_edge_litert", "tensorflow_model_optimization")
 

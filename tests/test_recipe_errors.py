@@ -5,7 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from edgebuild.cli import main
+
+pytestmark = pytest.mark.fast
 
 BAD = """\
 name: tiny

@@ -28,12 +28,8 @@ COUNTED_METRICS = ("top1", "top5")  # fractions of the samples: drops are whole 
 
 
 def run(ctx: StepContext) -> dict:
-    from edgebuild import budget as budgets
     from edgebuild import evaluation as ev
-    from edgebuild.evaluation import OUTPUT_NAMES
-    from edgebuild.metrics import METRIC_LABELS, PRIMARY_METRIC
     from edgebuild.metrics.fidelity import output_fidelity
-    from edgebuild.output_mapping import match_outputs
     from edgebuild.toolchains.runtimes import float_compute, load_runtime
 
     params, task = ctx.params, ctx.params["task"]
@@ -44,17 +40,7 @@ def run(ctx: StepContext) -> dict:
 
     model = load_runtime(ctx.inputs["model"])
     feed = _in_layout(x, params.get("input_layout"))
-    per_sample = []
-    for i, sample in enumerate(feed):
-        per_sample.append(model(sample))
-        ctx.progress("validating", i + 1, len(x))
-    got = [np.stack([o[i] for o in per_sample]) for i in range(len(model.output_names))]
-    names = json.loads((ctx.inputs["reference"] / OUTPUT_NAMES).read_text())
-    matches = match_outputs([(n, (1, *r.shape[1:])) for n, r in zip(names, reference, strict=True)],
-                            [(n, (1, *g.shape[1:])) for n, g in zip(model.output_names, got,
-                                                                   strict=True)])
-    outputs = [got[m.index].transpose(m.transpose) if m.transpose else got[m.index]
-               for m in matches]
+    outputs, matches = _run_artifact(ctx, model, feed, reference)
 
     decode = ev.decoder(ctx.inputs, params)
     if len(x) < len(truth.x):  # `samples` limits the run; metrics cover what ran
@@ -73,25 +59,10 @@ def run(ctx: StepContext) -> dict:
     speedup = (round(float_latency["median_ms"] / latency["median_ms"], 3)
                if float_latency else None)
 
-    metric = params["budget"].get("metric") or PRIMARY_METRIC[task]
     size = ctx.inputs["model"].stat().st_size
-    counted = len(x) if metric in COUNTED_METRICS else None
-    measured = budgets.Measured(
-        metric=metric, metric_label=METRIC_LABELS[metric],
-        value=metrics.get(metric) if metrics else None,
-        baseline=baseline.get(metric) if baseline else None, samples=counted,
-        fidelity=fidelity, agreement=agreement[1] if agreement else None,
-        agreement_label=agreement[0] if agreement else "agreement",
-        size_bytes=size, latency_ms=latency["median_ms"], speedup=speedup)
-    check = budgets.check(params["budget"], measured)
-    drop = ({k: round(float(budgets.drop(v, baseline[k], len(x) if k in COUNTED_METRICS
-                                          else None)), 6) for k, v in metrics.items()}
-            if metrics and baseline else None)
-
-    verdict = {"passed": check.passed, "rung": params.get("rung"), "samples": len(x),
-               "metric": metric, "metrics": metrics, "baseline": baseline, "drop": drop,
-               "misses": check.misses, "unchecked": check.unchecked,
-               "outputs": [m.to_dict() for m in matches]}
+    verdict = _verdict(params, len(x), metrics, baseline, fidelity, agreement, size,
+                       latency["median_ms"], speedup)
+    verdict["outputs"] = [m.to_dict() for m in matches]
     report = {**verdict, "size_bytes": size, "fidelity": fidelity,
               "agreement": dict(zip(("label", "value"), agreement, strict=True))
               if agreement else None,
@@ -100,7 +71,51 @@ def run(ctx: StepContext) -> dict:
               if speedup is not None and speedup < 1 else None}
     ctx.output("verdict", "verdict.json").write_text(json.dumps(verdict, sort_keys=True))
     ctx.output("report", "report.json").write_text(json.dumps(report, sort_keys=True, indent=1))
-    return {"verdict": {"passed": check.passed, "misses": check.misses}}
+    return {"verdict": {"passed": verdict["passed"], "misses": verdict["misses"]}}
+
+
+def _run_artifact(ctx: StepContext, model, feed, reference: list[np.ndarray]):
+    """The artifact's outputs on every sample, in the source's order and layout, and
+    how they were matched to the source's (by name, or by shape)."""
+    from edgebuild.evaluation import OUTPUT_NAMES
+    from edgebuild.output_mapping import match_outputs
+
+    per_sample = []
+    for i, sample in enumerate(feed):
+        per_sample.append(model(sample))
+        ctx.progress("validating", i + 1, len(feed))
+    got = [np.stack([o[i] for o in per_sample]) for i in range(len(model.output_names))]
+    names = json.loads((ctx.inputs["reference"] / OUTPUT_NAMES).read_text())
+    matches = match_outputs([(n, (1, *r.shape[1:])) for n, r in zip(names, reference, strict=True)],
+                            [(n, (1, *g.shape[1:])) for n, g in zip(model.output_names, got,
+                                                                   strict=True)])
+    outputs = [got[m.index].transpose(m.transpose) if m.transpose else got[m.index]
+               for m in matches]
+    return outputs, matches
+
+
+def _verdict(params: dict, samples: int, metrics, baseline, fidelity, agreement, size: int,
+             latency_ms: float, speedup) -> dict:
+    """The budget's judgement of what was measured, and the drops it was judged on."""
+    from edgebuild import budget as budgets
+    from edgebuild.metrics import METRIC_LABELS, PRIMARY_METRIC
+
+    metric = params["budget"].get("metric") or PRIMARY_METRIC[params["task"]]
+    counted = samples if metric in COUNTED_METRICS else None
+    measured = budgets.Measured(
+        metric=metric, metric_label=METRIC_LABELS[metric],
+        value=metrics.get(metric) if metrics else None,
+        baseline=baseline.get(metric) if baseline else None, samples=counted,
+        fidelity=fidelity, agreement=agreement[1] if agreement else None,
+        agreement_label=agreement[0] if agreement else "agreement",
+        size_bytes=size, latency_ms=latency_ms, speedup=speedup)
+    check = budgets.check(params["budget"], measured)
+    drop = ({k: round(float(budgets.drop(v, baseline[k], samples if k in COUNTED_METRICS
+                                          else None)), 6) for k, v in metrics.items()}
+            if metrics and baseline else None)
+    return {"passed": check.passed, "rung": params.get("rung"), "samples": samples,
+            "metric": metric, "metrics": metrics, "baseline": baseline, "drop": drop,
+            "misses": check.misses, "unchecked": check.unchecked}
 
 
 def _slower(speedup: float, ops: dict | None) -> dict:
