@@ -73,9 +73,10 @@ def with_targets(project: Project, tmp_path, targets: str) -> Project:
 
 
 def test_a_collapsed_int8_artifact_fails_by_default_without_labels(uniform, tmp_path):
-    project = with_targets(uniform, tmp_path, "  rpi4: {device: rpi4}\n"
-                                              "  pixel: {device: android-gpu}\n"
-                                              "  laddered: {device: rpi4, fallback: [int8, fp16]}\n")
+    project = with_targets(uniform, tmp_path,
+                           "  rpi4: {device: rpi4}\n"
+                           "  pixel: {device: android-gpu}\n"
+                           "  laddered: {device: rpi4, fallback: [int8, fp16]}\n")
     code, result = project.run("all")
     assert code == 1
     rpi4 = result["targets"]["rpi4"]
