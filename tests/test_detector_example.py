@@ -44,7 +44,7 @@ def test_detector_recipe_builds_one_bundle_per_target(tmp_path):
     assert archives["rpi4-sparse"] < archives["rpi4"] * 0.7, archives
 
     # Every target is measured against the float source: COCO mAP@0.5 on the 200
-    # validation images, within the default budget (2 points; rpi4-sparse allows 12).
+    # validation images, within the default budget (2 points; rpi4-sparse allows 5).
     report = json.loads((project.dist / "detector" / "report.json").read_text())
     baseline = report["baseline"]["metrics"]["map50"]
     assert baseline > 0.9, report["baseline"]
