@@ -57,8 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 
     jobs = argparse.ArgumentParser(add_help=False)
     jobs.add_argument("-j", "--jobs", type=_jobs, default=None, metavar="N",
-                      help="run up to N independent steps at once (default: 1, or the "
-                           "Dask cluster's threads)")
+                      help="run up to N independent steps at once (default: one per core, "
+                           "as memory allows about 1 GB per worker; or the Dask "
+                           "cluster's threads)")
     cluster = argparse.ArgumentParser(add_help=False)
     cluster.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                          help="run steps on this Dask cluster's workers (needs "

@@ -11,7 +11,6 @@ import atexit
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from edgebuild.errors import BuildError
 from edgebuild.fsutil import file_sizes
 from edgebuild.graph import Node
 from edgebuild.plan import Planner, rejected
+from edgebuild.pool import Limits, StepRun, WorkerPool, death
 
 
 @dataclass
@@ -220,29 +220,40 @@ def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None, state:
            "TF_USE_LEGACY_KERAS": "1", "PYTHONHASHSEED": "0", "TMPDIR": str(work / "tmp"),
            "KERAS_HOME": str(work / "keras"),
            "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR") or str(state / "matplotlib")}
-    with open(work / "step.log", "wb") as log:
-        with _workers_lock:  # none starts once `stop` has begun
-            if _exiting.is_set():
-                raise BuildError("interrupted")
-            proc = subprocess.Popen([sys.executable, "-m", "edgebuild.worker",
-                                     str(job_path)], stdout=subprocess.PIPE, stderr=log,
-                                    env=env, cwd=work)
-            _workers.add(proc)
-        try:
-            for raw in proc.stdout:
-                line = raw.decode(errors="replace").rstrip()
-                if line.startswith("@progress "):
-                    if progress is not None:
-                        progress(line[len("@progress "):])
-                else:
-                    log.write(raw)
-            proc.wait()
-        finally:
-            _workers.discard(proc)
+    if _exiting.is_set():
+        raise BuildError("interrupted")
+    step = StepRun(job=job_path, cwd=work, log=work / "step.log", env=env)
+    worker_pool().run(step, progress)
     try:
         return json.loads((work / "result.json").read_text())
     except (OSError, ValueError):
-        return {"error": f"worker exited with status {proc.returncode}"}
+        return {"error": "step crashed: " + death(step.returncode)}
+
+
+_pool: WorkerPool | None = None
+_pool_lock = threading.Lock()
+
+
+def worker_pool() -> WorkerPool:
+    """This process's warm workers (a build's, or a Dask worker's), made on first use."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = WorkerPool(Limits.from_env(), on_start=_started, on_stop=_stopped)
+        return _pool
+
+
+def _started(proc: subprocess.Popen) -> None:
+    with _workers_lock:  # none starts once `stop` has begun
+        _workers.add(proc)
+        if _exiting.is_set():
+            proc.kill()
+            raise BuildError("interrupted")
+
+
+def _stopped(proc: subprocess.Popen) -> None:
+    with _workers_lock:
+        _workers.discard(proc)
 
 
 def _failure_message(cache: Cache, result: dict, work: Path, key: str) -> str:

@@ -1,15 +1,21 @@
-"""Run one step: `python -m edgebuild.worker JOB.json`.
+"""Run steps in a worker process: `python -m edgebuild.worker --serve` runs one step
+after another (pool.py), `python -m edgebuild.worker JOB.json` runs one.
 
-Heavy steps run here, in a fresh process, so the memory a toolchain takes is given
-back when the step ends, and a crash in native code cannot take the build with it.
+Heavy steps run here, in a process of their own, so a crash in native code cannot
+take the build with it, and the memory a toolchain takes is given back when the
+worker is retired.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import json
+import os
 import sys
+import tempfile
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +50,13 @@ class StepContext:
         shows, so the worker need not."""
         from edgebuild.console import format_progress
 
-        print(f"@progress {format_progress(message, done, total)}", file=sys.__stdout__,
-              flush=True)
+        print(f"@progress {format_progress(message, done, total)}",
+              file=_control or sys.__stdout__, flush=True)
+
+
+# Where progress goes: the pool's channel in a warm worker (whose stdout is the
+# step's log), else stdout.
+_control = None
 
 
 def run_job(job: dict) -> dict:
@@ -65,15 +76,85 @@ def run_job(job: dict) -> dict:
     return {"outputs": ctx.outputs, "meta": meta, "status": ctx.status}
 
 
-def main(argv: list[str]) -> int:
-    job_path = Path(argv[1])
+def run_job_file(job_path: Path) -> dict:
+    """Run the job in `job_path`, writing result.json beside it."""
     job = json.loads(job_path.read_text())
     try:
         result = run_job(job)
     except Exception:  # noqa: BLE001 - a toolchain crash is reported, with its log
         result = {"error": "step crashed", "traceback": traceback.format_exc()}
     (job_path.parent / "result.json").write_text(json.dumps(result))
-    return 0 if "error" not in result else 1
+    return result
+
+
+def serve() -> int:
+    """Run the steps the pool sends, one JSON request per line on stdin, until it
+    closes stdin. Each step's output (Python's and native code's) goes to its log;
+    "@progress" and "@done" lines go to the pool on the original stdout."""
+    global _control
+    from edgebuild.toolchains import session
+
+    _control = os.fdopen(os.dup(1), "w", buffering=1)
+    quiet = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(quiet, 1)
+    os.dup2(quiet, 2)
+    home, path = os.getcwd(), list(sys.path)
+    for line in sys.stdin:
+        request = json.loads(line)
+        before, modules = session.snapshot(), set(sys.modules)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        tempfile.tempdir = None  # read TMPDIR again: each step has its own
+        os.chdir(request["cwd"])
+        with _output_to(request["log"], quiet):
+            run_job_file(Path(request["job"]))
+            # Leave nothing the next step could see: user code imported from this
+            # step's folder (a decoder plug-in, custom objects), toolchain state.
+            _forget_modules(set(sys.modules) - modules, request["cwd"])
+            sys.path[:] = path
+            os.chdir(home)
+            session.reset(before)
+            gc.collect()
+        print(f"@done {json.dumps({'rss': _resident_bytes()})}", file=_control, flush=True)
+    return 0
+
+
+@contextmanager
+def _output_to(log: str, quiet: int):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+
+
+def _forget_modules(names: set[str], folder: str) -> None:
+    for name in names:
+        file = getattr(sys.modules.get(name), "__file__", None) or ""
+        if file.startswith(folder.rstrip("/") + "/"):
+            del sys.modules[name]
+
+
+def _resident_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] == ["--serve"]:
+        return serve()
+    return 0 if "error" not in run_job_file(Path(argv[1])) else 1
 
 
 if __name__ == "__main__":

@@ -73,10 +73,12 @@ def build(project: Project, settings: Settings, console: Console) -> BuildReport
     """Run what is stale. A ladder whose rung misses its budget steps down a rung and
     the build goes on, until every ladder holds its budget or runs out of rungs."""
     from edgebuild.executor import Executor
+    from edgebuild.pool import default_jobs
 
     started = time.monotonic()
     executor = Executor(project.cache, project.planner, console, project.runner)
-    jobs = settings.jobs or (project.runner.threads if project.runner is not None else 1)
+    jobs = settings.jobs or (project.runner.threads if project.runner is not None
+                             else default_jobs())
     failures: dict[str, str] = {}
     while True:
         states = plan(project)

@@ -48,10 +48,17 @@ def _deterministic():
     """Run tf2onnx without its `merge_duplication` pass, which keeps whichever duplicate
     it meets first in an order that changes from run to run: the same model gave
     different bytes. Without it a few scalar constants stay duplicated. Only
-    `from_keras` takes an optimizer list, so we edit the default table (this runs in
-    a one-step worker process) and put it back."""
-    from tf2onnx import optimizer
+    `from_keras` takes an optimizer list, so we edit the default table and put it back.
 
+    tf2onnx also numbers the nodes it makes with a global counter: each conversion
+    starts it where importing tf2onnx left it, as in a fresh process, so that a warm
+    worker's second conversion names its nodes as the first did."""
+    from tf2onnx import optimizer, utils
+    from tf2onnx.rewriter import loop_rewriter_base  # noqa: F401 - numbers a node on import
+
+    if not hasattr(utils, "_edgebuild_first_name"):
+        utils._edgebuild_first_name = utils.INTERNAL_NAME  # as imported
+    utils.INTERNAL_NAME = utils._edgebuild_first_name
     table = getattr(optimizer, "_optimizers", {})
     saved = dict(table)
     table.pop("merge_duplication", None)
