@@ -214,9 +214,12 @@ def _spawn(job: dict, work: Path, progress: Callable[[str], None] | None, state:
     # TensorFlow turns oneDNN's ops on by itself only on CPUs with AVX-512 VNNI, BF16 or
     # AMX; off, every machine runs the same ops. (Their float32 results still differ
     # from CPU to CPU: toolchains/tf_numerics keeps those out of every output.)
+    # One thread per op: TensorFlow splits a sum between as many threads as the
+    # machine has cores, and 30 epochs of fine-tuning turn the other rounding into
+    # other weights, even in float64. Steps run side by side instead (-j).
     (work / "tmp").mkdir()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-           "TF_ENABLE_ONEDNN_OPTS": "0",
+           "TF_ENABLE_ONEDNN_OPTS": "0", "TF_NUM_INTRAOP_THREADS": "1",
            "TF_USE_LEGACY_KERAS": "1", "PYTHONHASHSEED": "0", "TMPDIR": str(work / "tmp"),
            "KERAS_HOME": str(work / "keras"),
            "MPLCONFIGDIR": os.environ.get("MPLCONFIGDIR") or str(state / "matplotlib")}

@@ -19,6 +19,7 @@ on: `EDGEBUILD_WORKER_STEPS=1` runs every step in a fresh process, as before.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -201,10 +202,8 @@ class WorkerPool:
         proc = worker.proc
         if kill and proc.poll() is None:
             proc.kill()
-        try:
+        with contextlib.suppress(OSError):
             proc.stdin.close()  # the worker's loop ends at the end of its input
-        except OSError:
-            pass
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -78,8 +78,7 @@ def test_a_worker_crash_fails_only_its_step_and_the_build_goes_on(tiny):
     text = tiny.recipe.read_text().replace(
         "source: {path: model/tiny.keras}",
         "source: {path: model/tiny.keras, trust_source: true, custom_objects: crash_once}")
-    tiny.recipe.write_text(text.replace("  pixel: {device: android-gpu}\n",
-                                        "  pixel: {device: android-gpu}\n  x86: {device: x86-cpu}\n"))
+    tiny.recipe.write_text(text + "  x86: {device: x86-cpu}\n")
     # Steps import their own copy of the module: the marker's path is absolute.
     marker = repr(str(tiny.root / "crashed-once"))
     (tiny.root / "crash_once.py").write_text(CRASH_ONCE.replace("MARKER", marker))

@@ -51,8 +51,9 @@ IMPLS = {impl.name: impl for impl in (
     Impl("convert.onnx2tf", 1, "edgebuild.steps.onnx2tf:run",
          (*TF, "onnx", "onnx2tf", "onnx-graphsurgeon", "sng4onnx", "numpy")),
     Impl("prepare.onnx", 1, "edgebuild.steps.prepare:onnx", ("onnx", "onnxruntime", "sympy")),
-    Impl("prune.tfmot", 5, "edgebuild.steps.prune_cluster:prune", TFMOT, loads_keras=True),
-    Impl("cluster.tfmot", 3, "edgebuild.steps.prune_cluster:cluster", TFMOT, loads_keras=True),
+    # Fine-tuning on one thread (6 and 4): its sums no longer follow the core count.
+    Impl("prune.tfmot", 6, "edgebuild.steps.prune_cluster:prune", TFMOT, loads_keras=True),
+    Impl("cluster.tfmot", 4, "edgebuild.steps.prune_cluster:cluster", TFMOT, loads_keras=True),
     Impl("quantize.tflite", 3, "edgebuild.steps.quantize_tflite:tflite",
          (*TFLITE, "numpy", "pillow"),
          loads_keras=True),

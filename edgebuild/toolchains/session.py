@@ -31,9 +31,11 @@ def snapshot() -> GlobalState:
 
 def reset(before: GlobalState) -> None:
     """Back to a fresh process's state: Keras sessions, names, float type and
-    registered objects; TensorFlow's global seed and op determinism; the seeds of Python's and numpy's generators (as a new process draws them).
-    (tf2onnx's node numbering is reset by its adapter.) Anything missed here shows as changed bytes: tests/test_worker_pool.py and the
-    committed lock files, rebuilt by warm workers, are the check."""
+    registered objects; TensorFlow's global seed and op determinism; the seeds of
+    Python's and numpy's generators (as a new process draws them). tf2onnx's node
+    numbering is restarted by its adapter. Anything missed here shows as changed
+    bytes: tests/test_worker_pool.py and the committed lock files, rebuilt by warm
+    workers, are the check."""
     if "tf_keras" in sys.modules:
         import tf_keras
 
