@@ -1,6 +1,6 @@
 """edgebuild against a hand-written script: MobileNetV2 to fp32, fp16 and int8 TFLite.
 
-    python bench/mobilenet_script.py [--rounds 2] [--calibration 16]
+    python bench/mobilenet_script.py [--rounds 2] [--calibration 16] [-j N]
 
 tf_keras MobileNetV2 (weights=None, 224x224, saved as bench/quantize_modes.py saves it),
 three targets (fp32, fp16 and full-int8 TFLite, 16 calibration images, validation
@@ -90,6 +90,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--calibration", type=int, default=16)
+    parser.add_argument("-j", "--jobs", type=int, default=None,
+                        help="edgebuild's -j (default: its own default)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgebuild-mobilenet-") as tmp:
         folder = Path(tmp)
@@ -99,21 +101,18 @@ def main() -> None:
         (folder / "script.py").write_text(SCRIPT)
         print(f"data: {origin}; calibration {args.calibration}")
         ours, theirs = [], []
+        edgebuild = [sys.executable, "-m", "edgebuild", "all", str(recipe), "-q",
+                     "--dist", str(folder / "dist"),
+                     *(["-j", str(args.jobs)] if args.jobs else []), "--cache-dir"]
+        script = [sys.executable, str(folder / "script.py"), str(folder)]
         for round_ in range(args.rounds):
-            def edgebuild() -> float:
-                cache = folder / f"cache-{round_}"
-                return timed([sys.executable, "-m", "edgebuild", "all", str(recipe), "-q",
-                              "--cache-dir", str(cache), "--dist", str(folder / "dist")])
-
-            def script() -> float:
-                return timed([sys.executable, str(folder / "script.py"), str(folder)])
-
+            cache = str(folder / f"cache-{round_}")  # cold: a fresh cache each round
             if round_ % 2:
-                theirs.append(script())
-                ours.append(edgebuild())
+                theirs.append(timed(script))
+                ours.append(timed([*edgebuild, cache]))
             else:
-                ours.append(edgebuild())
-                theirs.append(script())
+                ours.append(timed([*edgebuild, cache]))
+                theirs.append(timed(script))
             print(f"round {round_ + 1}: edgebuild {ours[-1]:.1f} s, script {theirs[-1]:.1f} s, "
                   f"ratio {ours[-1] / theirs[-1]:.2f}x", flush=True)
         a, b = statistics.median(ours), statistics.median(theirs)

@@ -19,6 +19,7 @@ that remote is in use. Executed steps are uploaded as they are committed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -120,16 +121,25 @@ class Cache:
             entry = _parse_entry(raw) if raw is not None else None
         except (ValueError, KeyError, TypeError):
             entry = None  # not an entry this version can read: build it here
-        if entry is None or entry.key != key or not all(
-                self.has_blob(o.digest) or
-                self.remote.has_blob(o.digest, None if o.tree else o.size)
-                for o in entry.outputs.values()):
+        if entry is None or entry.key != key or not self._all_at_hand(entry.outputs.values()):
             self._remote_misses.add(key)
             return None
         self.ensure()
         atomic_write(self._entry_path(key), json.dumps({**raw, "origin": "remote"}).encode(),
                      tmp_dir=self.tmp)
         return entry
+
+    def _all_at_hand(self, outputs) -> bool:
+        """Every output's blob is here or in the remote (asked about together)."""
+        remote = [o for o in outputs if not self.has_blob(o.digest)]
+        if len(remote) < 2:
+            return all(self.remote.has_blob(o.digest, None if o.tree else o.size)
+                       for o in remote)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(remote)) as pool:
+            return all(pool.map(
+                lambda o: self.remote.has_blob(o.digest, None if o.tree else o.size), remote))
 
     def commit(self, key: str, kind: str, doc: dict, outputs: dict[str, Output],
                meta: dict) -> Entry:
@@ -262,6 +272,22 @@ class Cache:
             self._install(tmp, digest)
         return path
 
+    def prefetch(self, outputs: list[Output]) -> None:
+        """Download what these outputs need from the remote, many blobs at once (tree
+        listings first, then their files), so that reading them later costs no round
+        trip. A blob that cannot be fetched is left to the read that needs it."""
+        if self.remote is None or not self.remote.usable:
+            return
+        trees = [o for o in outputs if o.tree]
+        digests = {o.digest for o in outputs}
+        _fetch_all(self, digests)
+        for tree in trees:
+            try:
+                digests |= {d for d, _size, _x in self.tree_listing(tree).values()}
+            except (OSError, ValueError, KeyError):
+                continue
+        _fetch_all(self, digests)
+
     def tree_listing(self, output: Output) -> dict[str, tuple[str, int, bool]]:
         """relative path -> (digest, size, executable) for a tree output."""
         listing = json.loads(self.read_blob(output.digest))["tree"]
@@ -318,6 +344,23 @@ class Cache:
     def clear(self) -> None:
         if self.root.is_dir():
             shutil.rmtree(self.root)
+
+
+REMOTE_CONNECTIONS = 16  # requests in flight at once when fetching many blobs
+
+
+def _fetch_all(cache: Cache, digests: set[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    missing = [d for d in sorted(digests) if not cache.blob_path(d).is_file()]
+
+    def fetch(digest: str) -> None:
+        with contextlib.suppress(OSError):  # CorruptBlob too: the read that needs it says so
+            cache._local_blob(digest)
+
+    if missing:
+        with ThreadPoolExecutor(min(REMOTE_CONNECTIONS, len(missing))) as pool:
+            list(pool.map(fetch, missing))
 
 
 def _parse_entry(raw: dict) -> Entry:

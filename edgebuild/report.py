@@ -9,17 +9,18 @@ and no-op builds do not pay for it.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 from edgebuild.fsutil import atomic_write
-from edgebuild.report_plot import DASH, HOST_STATEMENT, plot
+from edgebuild.report_plot import DASH, HOST_STATEMENT
+from edgebuild.report_plot import png as plot_png
 from edgebuild.report_plot import size_text as _size
 
 
-def render(doc: dict, folder: Path) -> dict[str, Path]:
-    """Write the three files into `folder`; return their paths by kind."""
+def render(doc: dict, folder: Path, png: bytes | None = None) -> dict[str, Path]:
+    """Write the three files into `folder` (the plot drawn here unless `png` is given);
+    return their paths by kind."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"json": folder / "report.json", "md": folder / "report.md",
@@ -27,9 +28,7 @@ def render(doc: dict, folder: Path) -> dict[str, Path]:
     # Each file whole or not at all: a full disk must not leave half a report.
     atomic_write(paths["json"], (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode())
     atomic_write(paths["md"], markdown(doc, paths["png"].name).encode())
-    png = io.BytesIO()
-    plot(doc, png)
-    atomic_write(paths["png"], png.getvalue())
+    atomic_write(paths["png"], png if png is not None else plot_png(doc))
     return paths
 
 

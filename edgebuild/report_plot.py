@@ -25,6 +25,13 @@ PASS_COLOUR, FAIL_COLOUR, BASE_COLOUR, FRONT_COLOUR = "#1f77b4", "#d62728", "#44
 MAX_AREA, MIN_AREA = 900.0, 50.0  # marker areas in pt², the largest artifact gets MAX_AREA
 
 
+def png(doc: dict) -> bytes:
+    """The plot as PNG bytes."""
+    buffer = io.BytesIO()
+    plot(doc, buffer)
+    return buffer.getvalue()
+
+
 def plot(doc: dict, path: Path | io.BytesIO) -> None:
     """Primary metric against host latency, one marker per target, area ~ size."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

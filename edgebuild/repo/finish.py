@@ -24,6 +24,7 @@ def finish_targets(project: Project, settings: Settings, steps: list[StepReport]
     """Publish finished bundles, record them in the lock file, say how each target did."""
     by_id = dict(zip((n.id for n in project.graph.order()), steps, strict=True))
     targets, records = {}, {}
+    _fetch_unpublished(project, settings)
     for target, chain in project.graph.target_chains.items():
         chain_steps = [by_id[node_id] for node_id in chain]
         if any(s.status in ("failed", "skipped") for s in chain_steps) or \
@@ -41,6 +42,27 @@ def finish_targets(project: Project, settings: Settings, steps: list[StepReport]
                    project.lock)
         project.cache.add_root(recipe.lock_path)
     return targets
+
+
+def _fetch_unpublished(project: Project, settings: Settings) -> None:
+    """Bundles that dist/ lacks and only the remote cache holds: download them all at
+    once rather than a file at a time while publishing."""
+    from edgebuild.publish import is_published
+
+    wanted = []
+    for target, chain in project.graph.target_chains.items():
+        entry = project.planner.entry_of(chain[-1])
+        if entry is None or "bundle" not in entry.outputs:
+            continue
+        dest = project.bundle_dir(settings, target)
+        try:
+            published = dest.is_dir() and is_published(project.cache, entry.outputs["bundle"],
+                                                        dest)
+        except OSError:
+            published = False
+        if not published:
+            wanted += [entry.outputs["bundle"], *filter(None, [entry.outputs.get("archive")])]
+    project.cache.prefetch(wanted)
 
 
 def _failed(project: Project, target: str, chain_steps: list[StepReport]) -> dict:

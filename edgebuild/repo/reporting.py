@@ -4,8 +4,10 @@ bundles, from what the cache holds, so `edgebuild report` needs no build."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from importlib import metadata
 
 from edgebuild.metrics import METRIC_LABELS, PRIMARY_METRIC
 from edgebuild.plan import gate_of, rejected
@@ -29,14 +31,46 @@ def report(project: Project, settings: Settings, built: BuildReport | None = Non
     except (OSError, ValueError):
         unchanged = False
     if not unchanged:
-        # matplotlib keeps its font cache and config under $HOME unless told otherwise;
-        # edgebuild writes only under the cache and dist.
-        os.environ.setdefault("MPLCONFIGDIR", str(project.cache.state / "matplotlib"))
         from edgebuild.report import render
 
         folder.mkdir(parents=True, exist_ok=True)
-        paths = render(doc, folder)
+        paths = render(doc, folder, _plot(project, doc))
     return {"doc": doc, "paths": {k: str(v) for k, v in paths.items()}}
+
+
+PLOT_VERSION = 1  # bump when report_plot draws differently
+
+
+def _plot(project: Project, doc: dict) -> bytes:
+    """The Pareto plot's PNG, drawn once per report content and kept in the cache (and
+    the remote cache): a runner that fetched every step need not start matplotlib,
+    which takes longer than the rest of such a build."""
+    cache = project.cache
+    key = hashlib.sha256(json.dumps(
+        {"plot": PLOT_VERSION, "matplotlib": _version("matplotlib"), "doc": doc},
+        sort_keys=True).encode()).hexdigest()
+    entry = cache.entry(key)
+    if entry is not None and "png" in entry.outputs:
+        try:
+            return cache.read_blob(entry.outputs["png"].digest)
+        except OSError:  # gone or corrupt (CorruptBlob): draw it again
+            pass
+    # matplotlib keeps its font cache and config under $HOME unless told otherwise;
+    # edgebuild writes only under the cache and dist.
+    os.environ.setdefault("MPLCONFIGDIR", str(cache.state / "matplotlib"))
+    from edgebuild.report_plot import png
+
+    data = png(doc)
+    cache.commit(key, "report", {"plot": PLOT_VERSION}, {"png": cache.put_bytes(
+        data, "pareto.png")}, {"status": "executed"})
+    return data
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def report_doc(project: Project, built: BuildReport | None = None) -> dict:
