@@ -59,7 +59,7 @@ def cold_build(code: Path, recipe: Path, env: dict[str, str], jobs: int | None) 
             command += ["-j", str(jobs)]
         full_env = {**os.environ, "PYTHONPATH": str(code), **env}
         started = time.monotonic()
-        proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(command, cwd=code, env=full_env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
         peak, done = 0, threading.Event()
 
