@@ -340,7 +340,8 @@ def cmd_gc(args) -> int:
         print(json.dumps(result, indent=2))
     else:
         verb = "would drop" if args.dry_run else "dropped"
-        print(f"{verb} {result['entries']} entries and {result['blobs']} blobs "
+        plots = f", {result['report_plots']} report plots" if result["report_plots"] else ""
+        print(f"{verb} {result['entries']} entries{plots} and {result['blobs']} blobs "
               f"({result['bytes'] / 1e6:.1f} MB); kept {result['kept_entries']} entries")
     return 0
 

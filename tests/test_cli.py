@@ -53,8 +53,9 @@ def test_gc_drops_only_unreferenced_entries(tiny):
     rebuilt.build()  # the fp16 chain of pixel is now unreferenced
     code, dry = rebuilt.run("gc", "--dry-run")
     assert code == 0 and dry["dry_run"] and dry["entries"] == 3  # quantize, validate, bundle
+    assert dry["report_plots"] == 2  # one per build: pictures, drawn again when needed
     code, done = rebuilt.run("gc")
-    assert done["entries"] == 3 and done["blobs"] > 0
+    assert done["entries"] == 3 and done["report_plots"] == 2 and done["blobs"] > 0
     again = rebuilt.build()
     assert again["steps"]["executed"] == 0  # everything the lock needs survived
 

@@ -21,20 +21,25 @@ def gc(settings: Settings, recipe_paths: list[str], dry_run: bool) -> dict:
     keep: set[str] = set()
     for lock_path in {*cache.roots(), *(load_recipe(Path(r)).lock_path for r in recipe_paths)}:
         keep |= lock_keys(read_lock(lock_path))
-    dropped_entries = [k for k in cache.entry_keys() if k not in keep]
+    unreferenced = [k for k in cache.entry_keys() if k not in keep]
+    # Report plots are pictures of a report, drawn again by the next build that needs
+    # one: dropped too, and counted apart from the steps.
+    plots = [k for k in unreferenced if (e := cache.entry(k)) is not None and e.kind == "report"]
+    dropped_entries = [k for k in unreferenced if k not in plots]
     live_blobs = _live_blobs(cache, keep)
     blobs = [p for p in cache.blobs.glob("*/*") if p.name not in live_blobs]
     freed = sum(p.stat().st_size for p in blobs)
     stale_tmp = [p for p in cache.tmp.iterdir() if time.time() - p.stat().st_mtime > 3600] \
         if cache.tmp.is_dir() else []
     if not dry_run:
-        for key in dropped_entries:
+        for key in dropped_entries + plots:
             cache.evict(key)
         for path in blobs:
             path.unlink(missing_ok=True)
         for path in stale_tmp:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink()
-    return {"entries": len(dropped_entries), "blobs": len(blobs), "bytes": freed,
+    return {"entries": len(dropped_entries), "report_plots": len(plots),
+            "blobs": len(blobs), "bytes": freed,
             "kept_entries": len(keep), "dry_run": dry_run}
 
 
