@@ -73,7 +73,10 @@ def test_ctrl_c_leaves_no_temporary_files(tiny):
     for delay in (0.0, 0.7):
         for _attempt in range(5):
             Cache(tiny.cache).clear()
-            proc = tiny.spawn("all", "-j", "2", start_new_session=True)
+            # As from a terminal: a shell's background job (`pytest &`) ignores SIGINT,
+            # and so would the build it spawns.
+            proc = tiny.spawn("all", "-j", "2", start_new_session=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             deadline = time.monotonic() + 120
             while not (tmp.is_dir() and any(tmp.iterdir())) and time.monotonic() < deadline:
                 time.sleep(0.02)

@@ -72,9 +72,10 @@ def plan(project: Project) -> list[StepState]:
 
 
 def _look_up_in_waves(project: Project) -> None:
-    """Ask the remote cache for many entries at once: a step's key needs its inputs'
-    entries, so steps are looked up a graph level at a time, each level's in parallel
-    (a fresh CI runner otherwise pays one round trip per step, in series)."""
+    """Ask the remote cache for many entries at once (a fresh CI runner otherwise pays
+    one round trip per step, in series): first every key the lock file names, then, as
+    a step's key needs its inputs' entries, a graph level at a time, each level's in
+    parallel."""
     from concurrent.futures import ThreadPoolExecutor
 
     from edgebuild.cache import REMOTE_CONNECTIONS
@@ -86,7 +87,11 @@ def _look_up_in_waves(project: Project) -> None:
     waves: dict[int, list[str]] = {}
     for node_id, level in depth.items():
         waves.setdefault(level, []).append(node_id)
+    # The lock file names the keys of the last build: asked for all at once, they
+    # make every level below a local hit when the lock is up to date (as in CI).
+    locked = sorted({r["key"] for r in planner.previous.values() if r.get("key")})
     with ThreadPoolExecutor(REMOTE_CONNECTIONS) as pool:
+        list(pool.map(project.cache.entry, locked))
         for level in sorted(waves):
             list(pool.map(planner.entry_of, waves[level]))
 
