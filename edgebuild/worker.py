@@ -98,7 +98,7 @@ def serve() -> int:
     quiet = os.open(os.devnull, os.O_WRONLY)
     os.dup2(quiet, 1)
     os.dup2(quiet, 2)
-    home, path = os.getcwd(), list(sys.path)
+    home = os.getcwd()
     for line in sys.stdin:
         request = json.loads(line)
         before, modules = session.snapshot(), set(sys.modules)
@@ -111,7 +111,7 @@ def serve() -> int:
             # Leave nothing the next step could see: user code imported from this
             # step's folder (a decoder plug-in, custom objects), toolchain state.
             _forget_modules(set(sys.modules) - modules, request["cwd"])
-            sys.path[:] = path
+            _forget_paths(request["cwd"])
             os.chdir(home)
             session.reset(before)
             gc.collect()
@@ -141,6 +141,13 @@ def _forget_modules(names: set[str], folder: str) -> None:
         file = getattr(sys.modules.get(name), "__file__", None) or ""
         if file.startswith(folder.rstrip("/") + "/"):
             del sys.modules[name]
+
+
+def _forget_paths(folder: str) -> None:
+    """Drop the step's folder from sys.path; what toolchains add for themselves stays
+    (onnxruntime.transformers puts its own folder there and imports from it later)."""
+    inside = folder.rstrip("/") + "/"
+    sys.path[:] = [p for p in sys.path if p != folder and not p.startswith(inside)]
 
 
 def _resident_bytes() -> int:

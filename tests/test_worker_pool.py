@@ -97,13 +97,13 @@ def test_a_worker_crash_fails_only_its_step_and_the_build_goes_on(tiny):
     assert crashed[0]["key"] in {s["key"] for s in rerun}
 
 
-def worker_script(tmp_path: Path, body: str) -> StepRun:
-    """A job whose step runs `body` (a runner defined in a module under tmp_path)."""
+def worker_script(tmp_path: Path, body: str, module: str = "poolsteps") -> StepRun:
+    """A job whose step runs `body` (a runner defined in `module` under tmp_path)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "poolsteps.py").write_text(body)
-    work = tmp_path / "work"
+    (tmp_path / f"{module}.py").write_text(body)
+    work = tmp_path / f"work-{module}"
     (work / "out").mkdir(parents=True, exist_ok=True)
-    job = {"runner": "poolsteps:run", "params": {}, "device": {}, "inputs": {},
+    job = {"runner": f"{module}:run", "params": {}, "device": {}, "inputs": {},
            "outdir": str(work / "out")}
     (work / "job.json").write_text(json.dumps(job))
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
@@ -149,4 +149,23 @@ def test_a_step_waiting_for_a_free_worker_says_so(tmp_path):
     pool.run(other, said.append)
     first.join()
     assert any("waiting for a free worker" in line for line in said), said
+    pool.close()
+
+
+def test_what_a_toolchain_puts_on_sys_path_stays_for_later_steps(tmp_path):
+    """onnxruntime.transformers puts its folder on sys.path when imported, and its
+    modules import from there later: a worker must not take that away between steps
+    (it did: "No module named 'fusion_utils'" in a later quantize.onnx step)."""
+    first = worker_script(tmp_path, "def run(ctx):\n    import onnxruntime.transformers\n"
+                                    "    return {}\n", module="first")
+    later = worker_script(tmp_path, "def run(ctx):\n"
+                                    "    import onnxruntime.transformers.fusion_attention\n"
+                                    "    return {}\n", module="later")
+    pool = WorkerPool(Limits(workers=1, max_steps=10, max_rss=1 << 40),
+                      on_start=lambda proc: None, on_stop=lambda proc: None)
+    pool.run(first)
+    assert "error" not in json.loads((first.cwd / "result.json").read_text())
+    pool.run(later)
+    result = json.loads((later.cwd / "result.json").read_text())
+    assert "error" not in result, result.get("traceback")
     pool.close()
