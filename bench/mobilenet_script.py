@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from quantize_modes import SIZE, save_images, save_model  # noqa: E402
+from quantize_modes import SIZE, save_images, save_model, write_mobilenet_recipe  # noqa: E402
 
 TARGETS = {"fp32": "false", "fp16": "{mode: fp16}", "int8": "{mode: int8}"}
 
@@ -64,18 +64,8 @@ for name in ("fp32", "fp16", "int8"):
 def write_recipe(folder: Path, calibration: int) -> Path:
     targets = "\n".join(f"  {name}: {{device: rpi4, quantize: {quantize}, validate: false}}"
                         for name, quantize in TARGETS.items())
-    recipe = folder / "mobilenet_v2.yaml"
-    recipe.write_text(f"""name: mobilenet_v2
-source: {{path: mobilenet_v2.keras}}
-task: classification
-data:
-  preprocess: {{resize: [{SIZE}, {SIZE}], mean: 127.5, scale: {1 / 127.5!r}}}
-  calibration: {{path: calib.npz, count: {calibration}}}
-  validation: {{path: calib.npz, count: {calibration}}}
-targets:
-{targets}
-""")
-    return recipe
+    return write_mobilenet_recipe(folder, targets, "calib.npz", calibration, "calib.npz",
+                                  calibration)
 
 
 def timed(command: list[str], env: dict | None = None) -> float:

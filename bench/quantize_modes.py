@@ -99,18 +99,25 @@ def save_images(folder: Path, calibration: int, validation: int) -> tuple[np.nda
 
 def write_recipe(folder: Path, calibration: int, validation: int, warmup: int,
                  runs: int) -> Path:
-    # MobileNetV2 expects inputs in [-1, 1]: x = (pixel - 127.5) * (1 / 127.5).
     validate = f"{{warmup: {warmup}, runs: {runs}}}"
     targets = "\n".join(f"  {name}: {{device: x86-cpu, format: tflite, quantize: {quantize}, "
                         f"validate: {validate}}}" for name, quantize in MODES.items())
+    return write_mobilenet_recipe(folder, targets, "calib.npz", calibration, "val.npz",
+                                  validation)
+
+
+def write_mobilenet_recipe(folder: Path, targets: str, calibration_file: str,
+                           calibration: int, validation_file: str, validation: int) -> Path:
+    """mobilenet_v2.yaml for the model save_model wrote, with these target lines."""
+    # MobileNetV2 expects inputs in [-1, 1]: x = (pixel - 127.5) * (1 / 127.5).
     recipe = folder / "mobilenet_v2.yaml"
     recipe.write_text(f"""name: mobilenet_v2
 source: {{path: mobilenet_v2.keras}}
 task: classification
 data:
   preprocess: {{resize: [{SIZE}, {SIZE}], mean: 127.5, scale: {1 / 127.5!r}}}
-  calibration: {{path: calib.npz, count: {calibration}}}
-  validation: {{path: val.npz, count: {validation}}}
+  calibration: {{path: {calibration_file}, count: {calibration}}}
+  validation: {{path: {validation_file}, count: {validation}}}
 targets:
 {targets}
 """)

@@ -131,15 +131,15 @@ class Cache:
 
     def _all_at_hand(self, outputs) -> bool:
         """Every output's blob is here or in the remote (asked about together)."""
-        remote = [o for o in outputs if not self.has_blob(o.digest)]
-        if len(remote) < 2:
-            return all(self.remote.has_blob(o.digest, None if o.tree else o.size)
-                       for o in remote)
-        from concurrent.futures import ThreadPoolExecutor
+        def in_remote(o: Output) -> bool:
+            return self.remote.has_blob(o.digest, None if o.tree else o.size)
 
-        with ThreadPoolExecutor(len(remote)) as pool:
-            return all(pool.map(
-                lambda o: self.remote.has_blob(o.digest, None if o.tree else o.size), remote))
+        elsewhere = [o for o in outputs if not self.has_blob(o.digest)]
+        return all(in_parallel(in_remote, elsewhere))
+
+    def is_local(self, key: str) -> bool:
+        """Whether this cache holds an entry file for `key` (not checked further)."""
+        return self._entry_path(key).is_file()
 
     def commit(self, key: str, kind: str, doc: dict, outputs: dict[str, Output],
                meta: dict) -> Entry:
@@ -278,15 +278,21 @@ class Cache:
         trip. A blob that cannot be fetched is left to the read that needs it."""
         if self.remote is None or not self.remote.usable:
             return
-        trees = [o for o in outputs if o.tree]
         digests = {o.digest for o in outputs}
-        _fetch_all(self, digests)
-        for tree in trees:
+        self._fetch_all(digests)
+        for tree in (o for o in outputs if o.tree):
             try:
                 digests |= {d for d, _size, _x in self.tree_listing(tree).values()}
             except (OSError, ValueError, KeyError):
                 continue
-        _fetch_all(self, digests)
+        self._fetch_all(digests)
+
+    def _fetch_all(self, digests: set[str]) -> None:
+        def fetch(digest: str) -> None:
+            with contextlib.suppress(OSError):  # CorruptBlob too: the read that needs it says so
+                self._local_blob(digest)
+
+        in_parallel(fetch, [d for d in sorted(digests) if not self.blob_path(d).is_file()])
 
     def tree_listing(self, output: Output) -> dict[str, tuple[str, int, bool]]:
         """relative path -> (digest, size, executable) for a tree output."""
@@ -346,21 +352,17 @@ class Cache:
             shutil.rmtree(self.root)
 
 
-REMOTE_CONNECTIONS = 16  # requests in flight at once when fetching many blobs
+REMOTE_CONNECTIONS = 16  # remote requests in flight at once
 
 
-def _fetch_all(cache: Cache, digests: set[str]) -> None:
+def in_parallel(call, items: list) -> list:
+    """`call` over `items`, up to REMOTE_CONNECTIONS at once (remote round trips)."""
+    if len(items) < 2:
+        return [call(item) for item in items]
     from concurrent.futures import ThreadPoolExecutor
 
-    missing = [d for d in sorted(digests) if not cache.blob_path(d).is_file()]
-
-    def fetch(digest: str) -> None:
-        with contextlib.suppress(OSError):  # CorruptBlob too: the read that needs it says so
-            cache._local_blob(digest)
-
-    if missing:
-        with ThreadPoolExecutor(min(REMOTE_CONNECTIONS, len(missing))) as pool:
-            list(pool.map(fetch, missing))
+    with ThreadPoolExecutor(min(REMOTE_CONNECTIONS, len(items))) as pool:
+        return list(pool.map(call, items))
 
 
 def _parse_entry(raw: dict) -> Entry:

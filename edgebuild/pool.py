@@ -32,7 +32,7 @@ from pathlib import Path
 
 WORKER_MEMORY = 1 << 30  # what one TensorFlow worker holds, about (0.7-1 GB measured)
 DEFAULT_MAX_STEPS = 50
-DEFAULT_MAX_RSS = 3 << 30
+DEFAULT_MAX_RSS_MB = 3072
 
 # Per step, set for each request rather than when a worker starts.
 PER_STEP_ENV = ("TMPDIR", "KERAS_HOME")
@@ -48,7 +48,7 @@ class Limits:
     def from_env(cls) -> Limits:
         return cls(workers=_int_env("EDGEBUILD_WORKERS") or memory_workers(),
                    max_steps=_int_env("EDGEBUILD_WORKER_STEPS") or DEFAULT_MAX_STEPS,
-                   max_rss=(_int_env("EDGEBUILD_WORKER_RSS_MB") or DEFAULT_MAX_RSS >> 20) << 20)
+                   max_rss=(_int_env("EDGEBUILD_WORKER_RSS_MB") or DEFAULT_MAX_RSS_MB) << 20)
 
 
 def _int_env(name: str) -> int | None:
@@ -139,20 +139,19 @@ class WorkerPool:
     def run(self, step: StepRun, progress: Callable[[str], None] | None = None) -> None:
         """Run `step` on a warm worker; on return its result.json is written, or
         `step.returncode` says how its worker died."""
-        worker = self._acquire(start_environment(step.env), progress)
+        worker, finished = self._acquire(start_environment(step.env), progress), False
         try:
             worker = worker or self._start(step.env)
-            if worker.run(step, progress):
+            finished = worker.run(step, progress)
+        finally:
+            if finished:
                 self._release(worker)
-                return
-        except BaseException:
-            if worker is not None:
+            elif worker is not None:  # it died, or this thread was interrupted
                 self._retire(worker, kill=True)
-            self._done()
-            raise
-        self._retire(worker, kill=True)
-        step.returncode = worker.proc.returncode
-        self._done()
+                step.returncode = worker.proc.returncode
+            with self._free:
+                self._busy -= 1
+                self._free.notify()
 
     def close(self) -> None:
         with self._free:
@@ -184,12 +183,6 @@ class WorkerPool:
         else:
             with self._free:
                 self._idle.append(worker)
-        self._done()
-
-    def _done(self) -> None:
-        with self._free:
-            self._busy -= 1
-            self._free.notify()
 
     def _start(self, env: dict[str, str]) -> Worker:
         proc = subprocess.Popen([sys.executable, "-m", "edgebuild.worker", "--serve"],

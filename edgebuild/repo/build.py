@@ -76,24 +76,21 @@ def _look_up_in_waves(project: Project) -> None:
     one round trip per step, in series): first every key the lock file names, then, as
     a step's key needs its inputs' entries, a graph level at a time, each level's in
     parallel."""
-    from concurrent.futures import ThreadPoolExecutor
+    from edgebuild.cache import in_parallel
 
-    from edgebuild.cache import REMOTE_CONNECTIONS
-
-    graph, planner = project.graph, project.planner
+    graph, planner, cache = project.graph, project.planner, project.cache
     depth: dict[str, int] = {}
     for node in graph.order():  # upstream first
         depth[node.id] = 1 + max((depth[u] for u in (*node.edges(), *node.chain)), default=-1)
     waves: dict[int, list[str]] = {}
     for node_id, level in depth.items():
         waves.setdefault(level, []).append(node_id)
-    # The lock file names the keys of the last build: asked for all at once, they
-    # make every level below a local hit when the lock is up to date (as in CI).
-    locked = sorted({r["key"] for r in planner.previous.values() if r.get("key")})
-    with ThreadPoolExecutor(REMOTE_CONNECTIONS) as pool:
-        list(pool.map(project.cache.entry, locked))
-        for level in sorted(waves):
-            list(pool.map(planner.entry_of, waves[level]))
+    # The lock file names the keys of the last build: those not here, asked for all at
+    # once, make every level below a local hit when the lock is up to date (as in CI).
+    locked = {r["key"] for r in planner.previous.values() if r.get("key")}
+    in_parallel(cache.entry, sorted(k for k in locked if not cache.is_local(k)))
+    for level in sorted(waves):
+        in_parallel(planner.entry_of, waves[level])
 
 
 def build(project: Project, settings: Settings, console: Console) -> BuildReport:

@@ -61,7 +61,7 @@ def _fetch_unpublished(project: Project, settings: Settings) -> None:
         except OSError:
             published = False
         if not published:
-            wanted += [entry.outputs["bundle"], *filter(None, [entry.outputs.get("archive")])]
+            wanted += [o for name, o in entry.outputs.items() if name in ("bundle", "archive")]
     project.cache.prefetch(wanted)
 
 

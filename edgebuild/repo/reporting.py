@@ -4,13 +4,11 @@ bundles, from what the cache holds, so `edgebuild report` needs no build."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-from importlib import metadata
 
 from edgebuild.metrics import METRIC_LABELS, PRIMARY_METRIC
-from edgebuild.plan import gate_of, rejected
+from edgebuild.plan import gate_of, key_of, rejected
 from edgebuild.repo.build import BuildReport
 from edgebuild.repo.finish import measured
 from edgebuild.repo.ladder import ladder_of
@@ -46,9 +44,9 @@ def _plot(project: Project, doc: dict) -> bytes:
     the remote cache): a runner that fetched every step need not start matplotlib,
     which takes longer than the rest of such a build."""
     cache = project.cache
-    key = hashlib.sha256(json.dumps(
-        {"plot": PLOT_VERSION, "matplotlib": _version("matplotlib"), "doc": doc},
-        sort_keys=True).encode()).hexdigest()
+    from edgebuild.toolchains.versions import versions
+
+    key = key_of({"plot": PLOT_VERSION, "toolchain": versions(("matplotlib",)), "doc": doc})
     entry = cache.entry(key)
     if entry is not None and "png" in entry.outputs:
         try:
@@ -64,13 +62,6 @@ def _plot(project: Project, doc: dict) -> bytes:
     cache.commit(key, "report", {"plot": PLOT_VERSION}, {"png": cache.put_bytes(
         data, "pareto.png")}, {"status": "executed"})
     return data
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def report_doc(project: Project, built: BuildReport | None = None) -> dict:
