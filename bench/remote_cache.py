@@ -43,6 +43,41 @@ def build(workspace: Path, recipe: Path, cache: str, env: dict, *extra: str) -> 
             "remote": result.get("remote_cache")}
 
 
+TRANSFER = """
+import json, sys, time
+start = time.perf_counter()
+import s3fs
+paths = json.loads(sys.argv[1])
+fs = s3fs.S3FileSystem()
+got = fs.cat(paths["entries"])
+got.update(fs.cat(paths["blobs"]))
+cold = time.perf_counter() - start
+start = time.perf_counter()
+fs.cat(paths["entries"])
+fs.cat(paths["blobs"])
+print(json.dumps({"cold": cold, "warm": time.perf_counter() - start,
+                  "bytes": sum(map(len, got.values()))}))
+"""
+
+
+def transfer(local_cache: Path, remote_prefix: str, env: dict) -> dict:
+    """What moving the same bytes costs with s3fs alone, in a fresh process: the
+    entries and blobs a fresh runner fetched (what its local cache now holds), asked
+    for as two concurrent batches. `cold` includes importing s3fs and making its
+    client; `warm` is the same requests again on the open connection."""
+    root = remote_prefix.removeprefix("s3://")
+    paths = {"entries": [f"{root}/entries/{p.parent.name}/{p.name}"
+                         for p in sorted((local_cache / "entries").glob("*/*.json"))],
+             "blobs": [f"{root}/blobs/{p.parent.name}/{p.name}"
+                       for p in sorted((local_cache / "blobs").glob("*/*")) if p.is_file()]}
+    proc = subprocess.run([sys.executable, "-c", TRANSFER, json.dumps(paths)], env=env,
+                          capture_output=True, text=True, check=True)
+    result = json.loads(proc.stdout)
+    return {"entries": len(paths["entries"]), "blobs": len(paths["blobs"]),
+            "bytes": result["bytes"], "cold_s": round(result["cold"], 3),
+            "warm_s": round(result["warm"], 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="recipes/detector.yaml")
@@ -71,6 +106,8 @@ def main() -> None:
                 figures["remote_cached"].append(
                     build(workspace, recipe, f"cache-b{run}", env, *remote))
             figures["noop_after_remote"] = build(workspace, recipe, "cache-b0", env, *remote)
+            figures["transfer"] = [transfer(workspace / "cache-b0", remote[1], env)
+                                   for _ in range(args.runs)]
             if args.dask:
                 from distributed import LocalCluster
 
@@ -83,6 +120,12 @@ def main() -> None:
         for name in ("local_noop", "remote_cached"):
             seconds = [r["seconds"] for r in figures[name]]
             figures[f"{name}_median_s"] = statistics.median(seconds)
+        # The goal: remote-cached <= 3x the local no-op, plus the transfer.
+        noop, cached = figures["local_noop_median_s"], figures["remote_cached_median_s"]
+        for kind in ("warm", "cold"):
+            moved = statistics.median(t[f"{kind}_s"] for t in figures["transfer"])
+            figures[f"limit_with_{kind}_transfer_s"] = round(3 * noop + moved, 3)
+            figures[f"within_limit_with_{kind}_transfer"] = cached <= 3 * noop + moved
     print(json.dumps(figures, indent=2))
 
 

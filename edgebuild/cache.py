@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from edgebuild.errors import BuildError
 from edgebuild.fsutil import atomic_write, canonical_json, scratch_dir, scratch_file
 from edgebuild.hashing import StatCache, sha256_bytes, walk_files
+from edgebuild.remote import in_parallel
 
 if TYPE_CHECKING:
     from edgebuild.remote import RemoteStore
@@ -76,6 +77,7 @@ class Cache:
         self.state = self.root / "state"
         self.remote = remote
         self._remote_misses: set[str] = set()  # keys the remote lacked, this run
+        self._reading = None  # a background read_through, until it is waited for
 
     def ensure(self) -> None:
         for folder in (self.blobs, self.entries, self.tmp, self.state, self.root / "roots"):
@@ -115,27 +117,60 @@ class Cache:
         """Read through: the remote's entry, kept here; its blobs stay there until read."""
         if self.remote is None or (key in self._remote_misses and not fresh):
             return None
-        data = self.remote.get_entry(key)
+        self.wait_for_read_through()
+        self._read_through([key])
         try:
-            raw = json.loads(data) if data is not None else None
-            entry = _parse_entry(raw) if raw is not None else None
-        except (ValueError, KeyError, TypeError):
-            entry = None  # not an entry this version can read: build it here
-        if entry is None or entry.key != key or not self._all_at_hand(entry.outputs.values()):
-            self._remote_misses.add(key)
+            return _parse_entry(json.loads(self._entry_path(key).read_bytes()))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def _read_through(self, keys: list[str]) -> None:
+        """Bring these keys' remote entries here, as many at once as the remote allows:
+        one round of entry requests, then one of checks for the blobs they name. An
+        entry whose blobs are not all here or there is a miss, built here instead."""
+        if self.remote is None or not self.remote.usable or not keys:
+            return
+        entries = {}
+        for key, data in self.remote.get_entries(keys).items():
+            with contextlib.suppress(ValueError, KeyError, TypeError):  # another version's
+                raw = json.loads(data)
+                if _parse_entry(raw).key == key:
+                    entries[key] = raw
+        elsewhere = {out["digest"]: None if out.get("tree") else out["size"]
+                     for raw in entries.values() for out in raw["outputs"].values()
+                     if not self.has_blob(out["digest"])}
+        present = self.remote.blobs_present(elsewhere)
+        found = [key for key, raw in entries.items() if all(
+            out["digest"] in present or self.has_blob(out["digest"])
+            for out in raw["outputs"].values())]
+        self._remote_misses.update(set(keys) - set(found))
+        self._remote_misses.difference_update(found)
         self.ensure()
-        atomic_write(self._entry_path(key), json.dumps({**raw, "origin": "remote"}).encode(),
-                     tmp_dir=self.tmp)
-        return entry
 
-    def _all_at_hand(self, outputs) -> bool:
-        """Every output's blob is here or in the remote (asked about together)."""
-        def in_remote(o: Output) -> bool:
-            return self.remote.has_blob(o.digest, None if o.tree else o.size)
+        def keep(key: str) -> None:  # each write waits on its fsync: side by side
+            atomic_write(self._entry_path(key),
+                         json.dumps({**entries[key], "origin": "remote"}).encode(),
+                         tmp_dir=self.tmp)
+        in_parallel(keep, found)
 
-        elsewhere = [o for o in outputs if not self.has_blob(o.digest)]
-        return all(in_parallel(in_remote, elsewhere))
+    def read_through_in_background(self, keys: list[str]) -> None:
+        """`_read_through` on a thread while the caller plans (the storage library's
+        import and the round trips overlap hashing the inputs); every later remote
+        lookup waits for it first."""
+        if not keys or self.remote is None:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(1, thread_name_prefix="remote-read-through")
+        self._reading = pool.submit(self._read_through, keys)
+        pool.shutdown(wait=False)  # the thread ends with its one task
+
+    def wait_for_read_through(self) -> None:
+        """Wait for a background read_through; its errors (a storage library that is
+        not installed) are raised here, in the caller's thread."""
+        reading, self._reading = self._reading, None
+        if reading is not None:
+            reading.result()
 
     def is_local(self, key: str) -> bool:
         """Whether this cache holds an entry file for `key` (not checked further)."""
@@ -352,35 +387,8 @@ class Cache:
             shutil.rmtree(self.root)
 
 
-REMOTE_CONNECTIONS = 16  # remote requests in flight at once
-
-
-def in_parallel(call, items: list) -> list:
-    """`call` over `items`, up to REMOTE_CONNECTIONS at once (remote round trips)."""
-    if len(items) < 2:
-        return [call(item) for item in items]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(min(REMOTE_CONNECTIONS, len(items))) as pool:
-        return list(pool.map(call, items))
-
-
 def _parse_entry(raw: dict) -> Entry:
     outputs = {name: Output(**out) for name, out in raw["outputs"].items()}
     return Entry(key=raw["key"], kind=raw["kind"], doc=raw["doc"], outputs=outputs,
                  meta=raw.get("meta", {}))
 
-
-class RecipeMemo:
-    """Digests of recipes that already passed schema validation (see recipe.load)."""
-
-    def __init__(self, cache: Cache):
-        self.folder = cache.state / "valid"
-
-    def seen(self, digest: str) -> bool:
-        return (self.folder / digest).exists()
-
-    def add(self, digest: str) -> None:
-        if not self.seen(digest):
-            self.folder.mkdir(parents=True, exist_ok=True)
-            (self.folder / digest).touch()

@@ -15,6 +15,7 @@ from doit.cmd_base import TaskLoader2
 from doit.doit_cmd import DoitMain
 from doit.task import Task
 
+from edgebuild.critical_path import longest_path_first
 from edgebuild.graph import Node
 
 
@@ -84,8 +85,10 @@ class _Loader(TaskLoader2):
 def run(nodes: list[Node], is_built: Callable[[Node], bool], build: Callable[[Node], bool],
         jobs: int = 1) -> dict[str, str]:
     """Run `build` for every node that `is_built` still denies, in dependency order,
-    with up to `jobs` at once. Returns {node id: failure message} for what failed,
-    including nodes skipped because something they depend on failed."""
+    with up to `jobs` at once, the longest road to the end first. Returns {node id:
+    failure message} for what failed, including nodes skipped because something they
+    depend on failed."""
+    nodes = longest_path_first(nodes)  # doit starts ready tasks in the order given
     ids = {node.id for node in nodes}
     tasks = [Task(
         name=node.id,

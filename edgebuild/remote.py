@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -52,8 +53,17 @@ class Traffic:
     blobs_uploaded: int = 0
     bytes_uploaded: int = 0
 
+    def count(self, **amounts: int) -> None:
+        """Add to the counters; many download threads count at once."""
+        with _COUNTING:
+            for name, amount in amounts.items():
+                setattr(self, name, getattr(self, name) + amount)
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_COUNTING = threading.Lock()
 
 
 @dataclass
@@ -64,6 +74,7 @@ class RemoteStore:
     traffic: Traffic = field(default_factory=Traffic)
     failure: str | None = None  # why the remote was dropped for the rest of this run
     _opened: tuple | None = None  # (file system, root path), once opened
+    _opening: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- connection ------------------------------------------------------------------
 
@@ -88,25 +99,30 @@ class RemoteStore:
         """The fsspec file system and the remote folder in it, opened on first use: a
         no-op build that finds everything locally never imports fsspec or s3fs."""
         if self._opened is None:
-            import fsspec
-
-            try:
-                fs, root = fsspec.core.url_to_fs(self.url, **self.options)
-            except ImportError as exc:
-                raise UsageError(f"remote cache {self.display_url}: {scrub(str(exc), self)} "
-                                 "(for s3:// URLs: pip install 'edgebuild[remote]')") from None
-            except ValueError as exc:
-                raise UsageError(f"remote cache {self.display_url}: {scrub(str(exc), self)}") \
-                    from None
-            self._opened = fs, root.rstrip("/")
-            if self.protocol not in ATOMIC_PUT and not self.readonly:
-                fs.makedirs(self.root, exist_ok=True)
+            with self._opening:  # one opening, however many threads ask at once
+                if self._opened is None:
+                    self._opened = self._connect()
         return self._opened
+
+    def _connect(self) -> tuple:
+        import fsspec
+
+        try:
+            fs, root = fsspec.core.url_to_fs(self.url, **self.options)
+        except ImportError as exc:
+            raise UsageError(f"remote cache {self.display_url}: {scrub(str(exc), self)} "
+                             "(for s3:// URLs: pip install 'edgebuild[remote]')") from None
+        except ValueError as exc:
+            raise UsageError(f"remote cache {self.display_url}: {scrub(str(exc), self)}") \
+                from None
+        root = root.rstrip("/")
+        if _protocol_of(fs) not in ATOMIC_PUT and not self.readonly:
+            fs.makedirs(root, exist_ok=True)
+        return fs, root
 
     @property
     def protocol(self) -> str:
-        protocol = self.fs.protocol
-        return (protocol[0] if isinstance(protocol, (tuple, list)) else protocol) or "file"
+        return _protocol_of(self.fs)
 
     def _entry_path(self, key: str) -> str:
         return f"{self.root}/entries/{key[:2]}/{key}.json"
@@ -133,15 +149,17 @@ class RemoteStore:
 
     # -- entries ---------------------------------------------------------------------
 
-    def get_entry(self, key: str) -> bytes | None:
+    def get_entries(self, keys: list[str]) -> dict[str, bytes]:
+        """The entries the remote has of `keys`, asked for all at once."""
         def fetch():
-            try:
-                data = self.fs.cat_file(self._entry_path(key))
-            except FileNotFoundError:
-                return None
-            self.traffic.entries_fetched += 1
-            return data
-        return self._guard("reading an entry", fetch)
+            found = {}
+            for key, data in zip(keys, self._each("cat_file", map(self._entry_path, keys)),
+                                 strict=True):
+                if data is not None:
+                    found[key] = data
+            self.traffic.count(entries_fetched=len(found))
+            return found
+        return self._guard("reading entries", fetch, default={}) if keys else {}
 
     def put_entry(self, key: str, data: bytes) -> None:
         """Write once. The first writer wins; a later writer with the same key has the
@@ -162,7 +180,7 @@ class RemoteStore:
                 return
             else:
                 self._put_whole(path, data)
-            self.traffic.entries_uploaded += 1
+            self.traffic.count(entries_uploaded=1)
         self._guard("uploading an entry", upload)
 
     # -- blobs -----------------------------------------------------------------------
@@ -176,6 +194,46 @@ class RemoteStore:
             return size is None or info.get("size") == size
         return bool(self._guard("checking a blob", check, default=False))
 
+    def blobs_present(self, sizes: dict[str, int | None]) -> set[str]:
+        """Which of these blobs the remote has, at the size given (None: any size),
+        asked about all at once."""
+        def check():
+            digests = sorted(sizes)
+            infos = self._each("info", map(self._blob_path, digests))
+            return {d for d, info in zip(digests, infos, strict=True) if info is not None
+                    and sizes[d] in (None, info.get("size"))}
+        return self._guard("checking blobs", check, default=set()) if sizes else set()
+
+    def _each(self, method: str, paths) -> list:
+        """fs.<method>(path) for every path, concurrently: one asyncio gather on an
+        async file system (s3fs, gcsfs), threads on others. None where a path is
+        missing; any other failure is raised, for `_guard`."""
+        fs, paths = self.fs, list(paths)
+        if getattr(fs, "async_impl", False):
+            import asyncio
+
+            from fsspec.asyn import sync
+
+            async def gather():
+                limit = asyncio.Semaphore(REMOTE_CONNECTIONS * 4)
+
+                async def one(path):
+                    async with limit:
+                        return await getattr(fs, "_" + method)(path)
+                return await asyncio.gather(*map(one, paths), return_exceptions=True)
+            results = sync(fs.loop, gather)
+        else:
+            def one(path):
+                try:
+                    return getattr(fs, method)(path)
+                except Exception as exc:  # noqa: BLE001 - sorted out below
+                    return exc
+            results = in_parallel(one, paths)
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, FileNotFoundError):
+                raise result
+        return [None if isinstance(r, FileNotFoundError) else r for r in results]
+
     def fetch_blob(self, digest: str, dest: Path) -> bool:
         """Download a blob to `dest` (unverified: the caller checks the digest).
         False if the remote does not have it."""
@@ -184,8 +242,7 @@ class RemoteStore:
                 self.fs.get_file(self._blob_path(digest), str(dest))
             except FileNotFoundError:
                 return False
-            self.traffic.blobs_fetched += 1
-            self.traffic.bytes_fetched += dest.stat().st_size
+            self.traffic.count(blobs_fetched=1, bytes_fetched=dest.stat().st_size)
             return True
         return bool(self._guard("downloading a blob", fetch, default=False))
 
@@ -204,8 +261,7 @@ class RemoteStore:
                 self.fs.put_file(str(path), target)
             else:
                 self._put_whole(target, path)
-            self.traffic.blobs_uploaded += 1
-            self.traffic.bytes_uploaded += size
+            self.traffic.count(blobs_uploaded=1, bytes_uploaded=size)
             return True
         return bool(self._guard("uploading a blob", upload, default=False))
 
@@ -229,6 +285,24 @@ class RemoteStore:
             with contextlib.suppress(Exception):  # nothing to clean up, or no way to
                 self.fs.rm_file(tmp)
             raise
+
+
+REMOTE_CONNECTIONS = 16  # threads for remote round trips on file systems without asyncio
+
+
+def in_parallel(call, items: list) -> list:
+    """`call` over `items`, up to REMOTE_CONNECTIONS at once (remote round trips)."""
+    if len(items) < 2:
+        return [call(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(REMOTE_CONNECTIONS, len(items))) as pool:
+        return list(pool.map(call, items))
+
+
+def _protocol_of(fs) -> str:
+    protocol = fs.protocol
+    return (protocol[0] if isinstance(protocol, (tuple, list)) else protocol) or "file"
 
 
 def display_url(url: str) -> str:

@@ -24,7 +24,8 @@ from edgebuild.recipe.targets import TargetSlots
 
 class ValidationMemo(Protocol):
     """Remembers digests of recipes that passed schema validation, so that no-op runs
-    skip importing jsonschema (the cache's RecipeMemo). None means always validate."""
+    skip importing jsonschema (repo.project's RecipeMemo, kept in the cache's state).
+    None means always validate."""
 
     def seen(self, digest: str) -> bool: ...
 

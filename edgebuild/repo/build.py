@@ -73,10 +73,10 @@ def plan(project: Project) -> list[StepState]:
 
 def _look_up_in_waves(project: Project) -> None:
     """Ask the remote cache for many entries at once (a fresh CI runner otherwise pays
-    one round trip per step, in series): first every key the lock file names, then, as
-    a step's key needs its inputs' entries, a graph level at a time, each level's in
-    parallel."""
-    from edgebuild.cache import in_parallel
+    one round trip per step, in series): after the keys the lock file names (asked for
+    by open_project), as a step's key needs its inputs' entries, a graph level at a
+    time, each level's in parallel."""
+    from edgebuild.remote import in_parallel
 
     graph, planner, cache = project.graph, project.planner, project.cache
     depth: dict[str, int] = {}
@@ -85,10 +85,10 @@ def _look_up_in_waves(project: Project) -> None:
     waves: dict[int, list[str]] = {}
     for node_id, level in depth.items():
         waves.setdefault(level, []).append(node_id)
-    # The lock file names the keys of the last build: those not here, asked for all at
-    # once, make every level below a local hit when the lock is up to date (as in CI).
-    locked = {r["key"] for r in planner.previous.values() if r.get("key")}
-    in_parallel(cache.entry, sorted(k for k in locked if not cache.is_local(k)))
+    for node in graph.order():  # hashing the inputs needs no answer: do it meanwhile
+        for path in node.files.values():
+            planner.stat.digest(path)
+    cache.wait_for_read_through()
     for level in sorted(waves):
         in_parallel(planner.entry_of, waves[level])
 

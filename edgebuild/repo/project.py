@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgebuild.cache import Cache, RecipeMemo
+from edgebuild.cache import Cache
 from edgebuild.chain import build_graph
 from edgebuild.errors import UsageError
 from edgebuild.graph import Graph
@@ -51,12 +51,22 @@ def open_project(recipe_path: str | Path, settings: Settings,
         targets = shard_targets(list(targets or recipe.targets), *settings.shard)
     cache.ensure()
     lock = read_lock(recipe.lock_path)
+    if cache.remote is not None:
+        _ask_remote_early(cache, lock)
     project = Project(recipe, Graph(), cache, None, lock, targets, runner)
     replan(project, {})
     # Fallback ladders resume where the cache says their rungs already failed.
     while moves := next_rungs(project):
         replan(project, moves)
     return project
+
+
+def _ask_remote_early(cache: Cache, lock: dict) -> None:
+    """The lock file names the keys of the last build: those not here are asked for
+    while the graph is planned. When the lock is up to date, as in CI, every lookup
+    after that is a local hit."""
+    locked = {step["key"] for step in previous_steps(lock).values() if step.get("key")}
+    cache.read_through_in_background(sorted(key for key in locked if not cache.is_local(key)))
 
 
 def shard_targets(targets: list[str], index: int, count: int) -> list[str]:
@@ -91,3 +101,18 @@ def cluster(settings: Settings) -> Iterator[object]:
         yield runner
     finally:
         runner.close()
+
+
+class RecipeMemo:
+    """Digests of recipes that already passed schema validation (see recipe.load)."""
+
+    def __init__(self, cache: Cache):
+        self.folder = cache.state / "valid"
+
+    def seen(self, digest: str) -> bool:
+        return (self.folder / digest).exists()
+
+    def add(self, digest: str) -> None:
+        if not self.seen(digest):
+            self.folder.mkdir(parents=True, exist_ok=True)
+            (self.folder / digest).touch()
