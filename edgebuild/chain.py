@@ -164,6 +164,8 @@ def _add_artifact(graph: Graph, recipe: Recipe, target: Target, float_id: str,
             params["calibration"] = _data_params(recipe, recipe.calibration,
                                                  _artifact_layout(recipe, target))
             files["calibration"] = recipe.calibration.path
+        if quantize.qat is not None:
+            _add_training_inputs(recipe, params, files)
         node = Node("quantize.tflite", params, files=files, deps=deps)
     else:
         files = {}
@@ -198,7 +200,6 @@ def _add_onnx2tf(graph: Graph, recipe: Recipe, target: Target) -> Made | None:
 def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> Made | None:
     """prune then cluster, each a Keras model in, a Keras model out. None if neither runs."""
     model = None  # None: the source file itself
-    train = recipe.train
     for slot in KERAS_SLOTS:
         step = target.steps.get(slot)
         if step is None:
@@ -210,15 +211,21 @@ def _add_optimizations(graph: Graph, recipe: Recipe, target: Target) -> Made | N
         else:
             deps["model"] = model
         if step.epochs:
-            params["train"] = {**train.to_dict(), "preprocess": asdict(recipe.preprocess)}
-            files["train"] = train.path
-            if train.loss == "distill":
-                files["teacher"] = recipe.source.path  # outputs to match: the float source
-            elif recipe.labels:
-                files["labels"] = recipe.labels  # class order for class-folder datasets
+            _add_training_inputs(recipe, params, files)
         model = (_add(graph, recipe, Node(f"{slot}.tfmot", params, files=files, deps=deps),
                            target.name), "model")
     return (model, "keras") if model is not None else None
+
+
+def _add_training_inputs(recipe: Recipe, params: dict, files: dict) -> None:
+    """What a fine-tuning step (prune, cluster, quantization-aware training) reads."""
+    train = recipe.train
+    params["train"] = {**train.to_dict(), "preprocess": asdict(recipe.preprocess)}
+    files["train"] = train.path
+    if train.loss == "distill":
+        files["teacher"] = recipe.source.path  # outputs to match: the float source
+    elif recipe.labels:
+        files["labels"] = recipe.labels  # class order for class-folder datasets
 
 
 def _convert_node(recipe: Recipe, target: Target, model: Made | None = None) -> Node:

@@ -24,6 +24,8 @@ def estimated_seconds(node: Node) -> float:
     seconds = _BASE_SECONDS.get(node.kind, 3.0)
     if node.kind in ("prune", "cluster"):
         seconds += _SECONDS_PER_EPOCH * (node.params.get("epochs") or 0)
+    elif node.kind == "quantize":  # quantization-aware training fine-tunes first
+        seconds += _SECONDS_PER_EPOCH * ((node.params.get("qat") or {}).get("epochs") or 0)
     return seconds
 
 

@@ -87,12 +87,13 @@ def split(y: np.ndarray, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     return order[rank[order] < per_class], order[rank[order] >= per_class]
 
 
-def train_cnn(root: Path, seed: int = 0) -> None:
+def train_cnn(root: Path, seed: int = 0, imbalance: float = 1.0) -> None:
     """tests/cifar_cnn.py trains the float model on train.npz into cnn.keras."""
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2",
            "PYTHONHASHSEED": "0"}
     done = subprocess.run([sys.executable, str(Path(__file__).with_name("cifar_cnn.py")),
-                           str(root / "train.npz"), str(root / "cnn.keras"), str(seed)],
+                           str(root / "train.npz"), str(root / "cnn.keras"), str(seed),
+                           str(imbalance)],
                           env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-5000:]
 

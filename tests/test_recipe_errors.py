@@ -153,3 +153,32 @@ def test_budget_ladder_and_decoder_mistakes_are_located(tiny, capsys):
            "is not available for onnx" in err
     assert "targets.onnx.fallback[1]: the rung 'int8-sensitive-float' is TFLite-only" in err
     assert not tiny.cache.exists()
+
+
+def test_quantization_aware_training_mistakes_are_located(tiny, capsys):
+    """qat fine-tunes a Keras model for TFLite int8: without data.train, for ONNX, for
+    fp16 or per tensor it is a recipe error at the key, before any work."""
+    text = tiny.recipe.read_text().replace("  pixel: {device: android-gpu}\n", """\
+  qat: {device: rpi4, quantize: {qat: {epochs: 2}}}
+  onnx: {device: x86-cpu, quantize: {qat: {}}}
+  half: {device: android-gpu, quantize: {mode: fp16, qat: {}}}
+  coral: {device: coral-edgetpu, budget: {min_cosine: 0.9}, fallback: [int8, int8-qat]}
+""")
+    tiny.recipe.write_text(text)
+    code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{at(text, '{epochs: 2}')}: targets.qat.quantize.qat: quantization-aware " \
+           "training fine-tunes on data.train, which the recipe does not give" in err
+    assert "targets.onnx.quantize.qat: quantization-aware training makes TFLite int8" in err
+    assert "targets.half.quantize.qat: quantization-aware training trains for int8, not " \
+           "fp16" in err
+    assert "targets.coral.fallback[1]: quantization-aware training fine-tunes on " \
+           "data.train" in err
+    # With data.train the same rung is fine on an integer-only device.
+    trained = text.replace("  validation: {path: data/val}\n", "  validation: {path: "
+                           "data/val}\n  train: {path: data/calib, loss: distill, epochs: 1}\n")
+    trained = "\n".join(line for line in trained.splitlines()
+                        if not line.startswith(("  onnx:", "  half:"))) + "\n"
+    tiny.recipe.write_text(trained)
+    code, err = run(["plan", str(tiny.recipe), *tiny.args()], capsys)
+    assert code == 0, err

@@ -90,7 +90,8 @@ class TargetRules(ProblemLog):
                 full_integer = overrides["mode"] == "int8" and "keep_float" not in overrides
                 params = QuantizeParams.from_dict(
                     {**overrides, "io": base.io if full_integer else "float32"})
-            problem = _rung_problem(name, params, device, fmt)
+            problem = _rung_problem(name, params, device, fmt) or (
+                params is not None and params.qat is not None and self._qat_problem(params, fmt))
             if problem:
                 self.complain((*at, i), problem)
             ladder.append((name, params))
@@ -178,6 +179,10 @@ class TargetRules(ProblemLog):
         if quantize.weight_type is not None and (tflite or mode != "dynamic"):
             self.complain((*at, "weight_type"), "weight_type is for ONNX dynamic quantization; "
                           "drop it")
+        if quantize.qat is not None:
+            problem = self._qat_problem(quantize, fmt)
+            if problem:
+                self.complain((*at, "qat"), problem)
         if compile_ is not None and compile_.compiler == "tensorrt" and mode == "dynamic":
             self.complain((*at, "mode"), "TensorRT does not run dynamically quantized models; "
                           "use fp16, or int8 (static QDQ, calibrated)")
@@ -189,13 +194,8 @@ class TargetRules(ProblemLog):
             if params is None:
                 continue
             at = (*where, slot) if slot in spec else (*where, "device")
-            source = self.source
-            # A missing or damaged source is reported already; which Keras it is, unknown.
-            unread = any(p.key_path == "source.path" for p in self.problems)
-            if source.format in ("onnx", "saved_model") or (
-                    not unread and keras_flavour_of(source.path) != "tf_keras"):
-                what = {"onnx": "an ONNX model", "saved_model": "a SavedModel"}.get(
-                    source.format, "a Keras 3 model")
+            what = self._not_keras2()
+            if what:
                 self.complain(at, f"{slot} rewrites Keras 2 (tf_keras) models with tfmot, and the "
                               f"source is {what}; save the source with tf_keras as .keras/.h5, "
                               f"or set `{slot}: false`")
@@ -257,6 +257,48 @@ class TargetRules(ProblemLog):
         elif params.preserve_sparsity is None:
             resolved["preserve_sparsity"] = "prune" in steps
         return resolved
+
+    def _not_keras2(self) -> str | None:
+        """What the source is, if not a Keras 2 model that tfmot can rewrite."""
+        source = self.source
+        # A missing or damaged source is reported already; which Keras it is, unknown.
+        unread = any(p.key_path == "source.path" for p in self.problems)
+        if source.format in ("onnx", "saved_model") or (
+                not unread and keras_flavour_of(source.path) != "tf_keras"):
+            return {"onnx": "an ONNX model", "saved_model": "a SavedModel"}.get(
+                source.format, "a Keras 3 model")
+        return None
+
+    def _qat_problem(self, quantize: QuantizeParams, fmt: str) -> str | None:
+        """Why quantization-aware training cannot run here, if it cannot."""
+        if fmt != "tflite":
+            return ("quantization-aware training makes TFLite int8 models; ONNX targets are "
+                    "quantized after training by ONNX Runtime (drop qat, or use format: tflite)")
+        if quantize.mode != "int8":
+            return f"quantization-aware training trains for int8, not {quantize.mode}"
+        if self.train is None:
+            return ("quantization-aware training fine-tunes on data.train, which the recipe "
+                    "does not give; add data.train (path, loss) or drop qat")
+        what = self._not_keras2()
+        if what:
+            return (f"quantization-aware training rewrites Keras 2 (tf_keras) models with "
+                    f"tfmot, and the source is {what}; save it with tf_keras as .keras/.h5")
+        if not quantize.per_channel:
+            return ("tfmot's quantization-aware training quantizes kernels per channel; "
+                    "drop per_channel: false")
+        if quantize.keep_float.sensitive:
+            return ("keep_float.sensitive chooses layers after post-training quantization; "
+                    "with qat, name the layers to keep in float with keep_float.layers")
+        return None
+
+    def resolved_qat(self, quantize: QuantizeParams | None) -> QuantizeParams | None:
+        """qat's epochs and learning rate written out from data.train's."""
+        if quantize is None or quantize.qat is None or self.train is None:
+            return quantize
+        qat = quantize.qat
+        return replace(quantize, qat=replace(
+            qat, epochs=qat.epochs or self.train.epochs,
+            learning_rate=qat.learning_rate or self.train.learning_rate))
 
     def _check_prune(self, at: tuple, raw, params, epochs: int) -> None:
         raw = raw if isinstance(raw, dict) else {}

@@ -40,9 +40,10 @@ class TargetSlots(TargetRules):
         self._check_layers(where, spec, steps)
         budget = self._budget(where, device, spec.get("budget", {}), steps)
         fallback = self._fallback(where, spec.get("fallback"), device, fmt, steps, budget)
-        fallback = tuple((rung, resolved_quantize(q, fmt)) for rung, q in fallback)
+        fallback = tuple((rung, self.resolved_qat(resolved_quantize(q, fmt)))
+                         for rung, q in fallback)
         if "quantize" in steps:
-            steps["quantize"] = resolved_quantize(steps["quantize"], fmt)
+            steps["quantize"] = self.resolved_qat(resolved_quantize(steps["quantize"], fmt))
         if fallback:
             steps = _with_quantize(steps, fallback[0][1])  # the ladder starts at its top
         runtime = spec.get("runtime") or (device.runtime if fmt == device.format

@@ -70,11 +70,21 @@ class KeepFloat(Params):
 
 
 @dataclass(frozen=True)
+class QatParams(Params):
+    """Quantization-aware training: fine-tune with fake-quantized weights and activations
+    (tfmot), then convert to full-integer int8."""
+
+    epochs: int | None = None           # None: data.train's
+    learning_rate: float | None = None  # None: data.train's
+
+
+@dataclass(frozen=True)
 class QuantizeParams(Params):
     mode: str = "int8"
     io: str = "float32"
     per_channel: bool = True
     keep_float: KeepFloat = KeepFloat()
+    qat: QatParams | None = None  # TFLite int8 from a Keras 2 model, given data.train
     # ONNX Runtime only (None elsewhere, and then absent from keys and lock files).
     calibration_method: str | None = None  # static int8: minmax | entropy | percentile
     weight_type: str | None = None         # dynamic: int8 | uint8
@@ -83,15 +93,17 @@ class QuantizeParams(Params):
     def from_dict(cls, values: dict):
         values = dict(values)
         values["keep_float"] = KeepFloat.from_dict(values.get("keep_float", {}))
+        if values.get("qat") is not None:
+            values["qat"] = QatParams.from_dict(values["qat"])
         return super().from_dict(values)
 
     def to_dict(self) -> dict:
         values = super().to_dict()
         if not self.keep_float.sensitive:  # absent unless used: keys from before it stay
             del values["keep_float"]["sensitive"]
-        for onnx_only in ("calibration_method", "weight_type"):
-            if values[onnx_only] is None:
-                del values[onnx_only]
+        for optional in ("qat", "calibration_method", "weight_type"):
+            if values[optional] is None:
+                del values[optional]
         return values
 
     @property
@@ -99,6 +111,8 @@ class QuantizeParams(Params):
         precision = self.mode if self.per_channel else f"{self.mode}-per-tensor"
         if self.keep_float.sensitive:
             precision += "-sensitive-float"
+        if self.qat is not None:
+            precision += "-qat"
         return precision if self.io == "float32" else f"{precision}-io-{self.io}"
 
 
@@ -153,6 +167,7 @@ RUNGS: dict[str, dict | None] = {
     "int8": {"mode": "int8"},
     "int8-per-tensor": {"mode": "int8", "per_channel": False},
     "int8-sensitive-float": {"mode": "int8", "keep_float": {"sensitive": 3}},
+    "int8-qat": {"mode": "int8", "qat": {}},  # fine-tunes: minutes, not seconds
     "int16x8": {"mode": "int16x8"},
     "fp16": {"mode": "fp16"},
     "dynamic": {"mode": "dynamic"},

@@ -19,7 +19,7 @@ def prune(ctx: StepContext) -> dict:
 
     params = ctx.params
     what = params["structure"] or f"{params['sparsity']:g} sparsity"
-    model, tuning = _start(ctx, f"pruning to {what}")
+    model, tuning = start_fine_tuning(ctx, f"pruning to {what}")
     pruned, names = _in_float64(tfmot.prune, model, params, tuning)
     layers = tfmot.weight_stats(pruned, names)
     total = sum(s["weights"] for s in layers.values())
@@ -40,7 +40,8 @@ def cluster(ctx: StepContext) -> dict:
     from edgebuild.toolchains import tfmot
 
     params = ctx.params
-    model, tuning = _start(ctx, f"clustering into {params['clusters']} centroids per layer")
+    model, tuning = start_fine_tuning(
+        ctx, f"clustering into {params['clusters']} centroids per layer")
     clustered, names = _in_float64(tfmot.cluster, model, params, tuning)
     layers = tfmot.weight_stats(clustered, names)
     _save(clustered, ctx.output("model", "model.h5"))
@@ -70,31 +71,34 @@ def _in_float64(rewrite, model, params: dict, tuning):
     return narrow, names
 
 
-def _start(ctx: StepContext, doing: str):
-    """Seeded, deterministic TensorFlow; the input model; what to fine-tune on."""
+def start_fine_tuning(ctx: StepContext, doing: str, epochs: int | None = None,
+                      learning_rate: float | None = None):
+    """Seeded, deterministic TensorFlow; the input model; what to fine-tune on.
+    `epochs` and `learning_rate`: the step's own (params) unless given."""
     from edgebuild.toolchains import tfmot
     from edgebuild.toolchains.tf import load_keras, step_trust
 
     params = ctx.params
+    epochs = params["epochs"] if epochs is None else epochs
     train = params.get("train") or {}
     tfmot.deterministic(train.get("seed", 0))
     model = load_keras(ctx.inputs["model"], step_trust(ctx))
     x = y = None
-    if params["epochs"]:
+    if epochs:
         x, y = _training_data(ctx, train)
-        ctx.progress(f"{doing}: fine-tuning {params['epochs']} epochs on {len(x)} samples",
-                     0, params["epochs"])
+        ctx.progress(f"{doing}: fine-tuning {epochs} epochs on {len(x)} samples", 0, epochs)
     else:
         ctx.progress(f"{doing}, one-shot")
 
     def on_epoch(epoch: int, logs: dict) -> None:
         # Counted in epochs: tfmot.FineTuning reports epochs, not batches.
         ctx.progress(f"{doing}: epoch {epoch + 1}, loss {logs.get('loss', 0):.4f}",
-                     epoch + 1, params["epochs"])
+                     epoch + 1, epochs)
 
-    tuning = tfmot.FineTuning(x=x, y=y, loss=train.get("loss", "mse"), epochs=params["epochs"],
-                              batch_size=train.get("batch_size", 32),
-                              learning_rate=params["learning_rate"], on_epoch=on_epoch)
+    tuning = tfmot.FineTuning(
+        x=x, y=y, loss=train.get("loss", "mse"), epochs=epochs,
+        batch_size=train.get("batch_size", 32), on_epoch=on_epoch,
+        learning_rate=params["learning_rate"] if learning_rate is None else learning_rate)
     return model, tuning
 
 

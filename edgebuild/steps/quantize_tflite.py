@@ -18,9 +18,13 @@ def tflite(ctx: StepContext) -> dict:
 
     params = ctx.params
     mode, keep_float = params["mode"], params["keep_float"]
+    facts = {}
+    if params.get("qat"):
+        converter, facts["qat"] = _trained_for_int8(ctx)
+    else:
+        converter = tfc.tflite_converter(ctx.inputs["model"], params["source_format"],
+                                         ctx.outdir.parent, tfc.step_trust(ctx))
     ctx.progress(f"quantizing to {mode} with the TFLite converter")
-    converter = tfc.tflite_converter(ctx.inputs["model"], params["source_format"],
-                                     ctx.outdir.parent, tfc.step_trust(ctx))
     samples = ()
     if mode in ("int8", "int16x8"):
         samples = load_samples(ctx.inputs["calibration"], params["calibration"])
@@ -32,7 +36,7 @@ def tflite(ctx: StepContext) -> dict:
     else:
         flatbuffer, kept = tfc.convert_tflite(converter), []
     ctx.output("model", "model.tflite").write_bytes(flatbuffer)
-    facts = {"calibration_samples": len(samples)}
+    facts["calibration_samples"] = len(samples)
     if kept:
         facts["kept_float"] = kept
     ops = tflite_inspect.read_ops(flatbuffer)
@@ -41,6 +45,28 @@ def tflite(ctx: StepContext) -> dict:
     if params["after"]:
         facts["composition"] = _check_composition(ctx, ops, mode)
     return {"facts": facts}
+
+
+def _trained_for_int8(ctx: StepContext):
+    """Quantization-aware training: the Keras model with tfmot's fake quantization,
+    fine-tuned on data.train; the TFLite converter of the result, and what was done.
+    tfmot folds BatchNorm into the layer before it itself, while training. Fake
+    quantization computes in float32 only, so unlike prune and cluster this fine-tuning
+    is not done in float64: its bytes may differ between CPU models."""
+    from edgebuild.steps.prune_cluster import start_fine_tuning
+    from edgebuild.toolchains import tfmot
+    from edgebuild.toolchains.tf import tflite_converter_of
+
+    params, qat = ctx.params, ctx.params["qat"]
+    model, tuning = start_fine_tuning(ctx, "quantization-aware training", qat["epochs"],
+                                      qat["learning_rate"])
+    trained, unwrapped = tfmot.quantize_aware(
+        model, tuning, tuple(params["keep_float"]["layers"]),
+        params["after"])
+    facts = {"epochs": tuning.epochs, "samples": len(tuning.x)}
+    if unwrapped:  # the converter calibrates these after training instead
+        facts["not_trained_quantized"] = unwrapped
+    return tflite_converter_of(trained), facts
 
 
 def _calibration(ctx: StepContext, samples):

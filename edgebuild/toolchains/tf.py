@@ -123,6 +123,14 @@ def tflite_converter(source: Path, source_format: str, workdir: Path,
         return tf.lite.TFLiteConverter.from_saved_model(str(saved))
 
 
+def tflite_converter_of(model):
+    """The TFLite converter of a Keras model in memory (one trained with fake
+    quantization converts with the ranges it learned)."""
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(model)
+
+
 def convert_tflite(converter) -> bytes:
     """converter.convert(), its failures as step errors."""
     from edgebuild.errors import StepError, first_line

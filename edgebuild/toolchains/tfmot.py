@@ -207,6 +207,66 @@ def cluster(model, params: dict, tuning: FineTuning):
     return tfmot.clustering.keras.strip_clustering(wrapped), [layer.name for layer in chosen]
 
 
+# -- quantization-aware training ---------------------------------------------------
+
+def quantize_aware(model, tuning: FineTuning, keep_float: tuple[str, ...], after: list[str]):
+    """tfmot's quantization-aware training, fine-tuned. Every layer its 8-bit registry
+    supports gets fake quantization, except those keep_float names (shell patterns);
+    after prune or cluster, the scheme that keeps their zeros and shared values
+    (tfmot.experimental.combine). Returns the model with its wrappers, for the TFLite
+    converter, and the layers tfmot cannot wrap (the converter calibrates these on
+    data.calibration instead)."""
+    import fnmatch
+
+    import tensorflow_model_optimization as tfmot
+    import tf_keras
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_registry,
+    )
+
+    registry = default_8bit_quantize_registry.Default8BitQuantizeRegistry()
+    quantization = tfmot.quantization.keras
+    unwrapped = []
+
+    def annotate(layer):
+        if isinstance(layer, tf_keras.layers.InputLayer):
+            return layer.__class__.from_config(layer.get_config())
+        if any(fnmatch.fnmatchcase(layer.name, pattern) for pattern in keep_float):
+            return layer
+        if not registry.supports(layer):
+            unwrapped.append(layer.name)
+            return layer
+        return quantization.quantize_annotate_layer(layer)
+
+    try:
+        annotated = tf_keras.models.clone_model(model, clone_function=annotate)
+        with quantization.quantize_scope():
+            trained = quantization.quantize_apply(annotated, _preserving_scheme(after))
+    except (ValueError, RuntimeError) as exc:  # tfmot's refusals of a model it cannot wrap
+        raise StepError(f"tfmot refused the model for quantization-aware training: {exc}") \
+            from None
+    if tuning.epochs:
+        _fit(trained, tuning, [])
+    return trained, unwrapped
+
+
+def _preserving_scheme(after: list[str]):
+    """Sparsity-preserving QAT after prune, cluster-preserving after cluster, and both
+    (PCQAT) after both; tfmot's default 8-bit scheme otherwise."""
+    import tensorflow_model_optimization as tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
+        default_8bit_quantize_scheme,
+    )
+
+    combine = tfmot.experimental.combine
+    if "cluster" in after:
+        return combine.Default8BitClusterPreserveQuantizeScheme(
+            preserve_sparsity="prune" in after)
+    if "prune" in after:
+        return combine.Default8BitPrunePreserveQuantizeScheme()
+    return default_8bit_quantize_scheme.Default8BitQuantizeScheme()
+
+
 # -- fine-tuning and measurement ----------------------------------------------------
 
 def _fit(model, tuning: FineTuning, callbacks: list) -> None:
