@@ -11,6 +11,7 @@ range of the others, as folding BatchNorm gives MobileNets (tests/cifar_cnn.py,
     qat      int8 after quantization-aware training (distilled from the float model)
     coral    an integer-only device whose ladder [int8, int8-qat] must step down
     sparse   50% pruning, then sparsity-preserving QAT
+    pcqat    50% pruning and 16 clusters, then sparsity- and cluster-preserving QAT
 
 Every figure is measured on the bundled .tflite with LiteRT, on 400 held-out images.
 """
@@ -42,6 +43,8 @@ targets:
   qat: {{device: rpi4, quantize: {{qat: {{}}}}}}
   coral: {{device: coral-edgetpu, fallback: [int8, int8-qat]}}
   sparse: {{device: rpi4, prune: {{sparsity: 0.5, end_step: 19}}, quantize: {{qat: {{}}}}}}
+  pcqat: {{device: rpi4, prune: {{sparsity: 0.5, end_step: 19}}, cluster: {{clusters: 16}},
+          quantize: {{qat: {{}}}}}}
 """
 
 
@@ -59,7 +62,7 @@ def built(tmp_path_factory):
     result = project.build()
     x_val = images[held_out].astype(np.float32) * np.float32(SCALE)
     accuracy = {}
-    for name in ("float", "int8", "qat", "coral", "sparse"):
+    for name in ("float", "int8", "qat", "coral", "sparse", "pcqat"):
         predicted = tflite_predictions(project.dist / "cifar" / name / "model.tflite", x_val)
         accuracy[name] = 100 * float(np.mean(predicted == labels[held_out]))
     print("top-1 on held-out images:", accuracy)
@@ -69,7 +72,7 @@ def built(tmp_path_factory):
 def test_qat_brings_the_int8_drop_within_half_a_point_or_halves_it(built):
     _, result, accuracy = built
     assert {name: t["status"] for name, t in result["targets"].items()} == {
-        **dict.fromkeys(("float", "int8", "qat", "sparse"), "ok"),
+        **dict.fromkeys(("float", "int8", "qat", "sparse", "pcqat"), "ok"),
         "coral": "deferred"}  # built and validated; the Edge TPU compiler is not here
     ptq_drop = accuracy["float"] - accuracy["int8"]
     qat_drop = accuracy["float"] - accuracy["qat"]
@@ -104,3 +107,17 @@ def test_prune_then_qat_keeps_the_sparsity_in_the_int8_weights(built):
     for name, layer in composition["layers"].items():
         assert layer["int8"]["sparsity"] >= pruning["layers"][name]["sparsity"] - 1e-3, name
     assert pruning["sparsity"] >= 0.45
+
+
+def test_prune_cluster_then_qat_keeps_zeros_and_shared_values(built):
+    """PCQAT: the composition check finds every pruned and clustered layer in the int8
+    flatbuffer (a check that found none would prove nothing) with its sparsity and at
+    most 16 values per output channel."""
+    project, _, _ = built
+    lock = json.loads((project.root / "cifar.lock").read_text())
+    clustering = step_facts(lock, "pcqat", "cluster")
+    composition = step_facts(lock, "pcqat", "quantize")["composition"]
+    assert set(composition["layers"]) == set(clustering["layers"])
+    for name, layer in composition["layers"].items():
+        assert layer["preserved"] and layer["int8"]["unique_per_channel"] <= 16, (name, layer)
+        assert layer["int8"]["sparsity"] >= clustering["layers"][name]["sparsity"] - 1e-3

@@ -101,6 +101,13 @@ def _check_composition(ctx: StepContext, ops, mode: str) -> dict:
     model = load_keras(ctx.inputs["model"], step_trust(ctx))
     before = weight_stats(model, [layer.name for layer in leaf_layers(model)])
     after = kernel_stats(ops, list(before))
+    optimized = [name for name, st in before.items()
+                 if st["sparsity"] > 0 or st["unique"] <= 256]
+    if optimized and not any(name in after for name in optimized):
+        # A check that finds none of the layers would pass whatever happened to them.
+        raise StepError("found none of the pruned or clustered layers "
+                        f"({', '.join(optimized[:5])}) in the {mode} flatbuffer, so cannot "
+                        "check that their zeros and shared values survived; please report")
     layers, lost = {}, []  # layers: the pruned or clustered ones, for the record
     for name, float_stats in before.items():
         if name not in after:

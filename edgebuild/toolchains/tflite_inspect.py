@@ -103,8 +103,10 @@ def kernel_stats(ops: list[Op], layer_names) -> dict[str, dict]:
                 constants.setdefault(t.name, t)
     stats = {}
     for layer in layer_names:
+        # tfmot's quantization-aware wrappers name a layer's tensors quant_<layer>.
+        names = {layer, f"quant_{layer}"}
         found = [t for t in constants.values()
-                 if layer in {s for part in t.name.split(";") for s in part.split("/")}]
+                 if names & {s for part in t.name.split(";") for s in part.split("/")}]
         if not found:
             continue
         t = max(found, key=lambda t: t.data.size)

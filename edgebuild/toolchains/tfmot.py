@@ -251,8 +251,9 @@ def quantize_aware(model, tuning: FineTuning, keep_float: tuple[str, ...], after
 
 
 def _preserving_scheme(after: list[str]):
-    """Sparsity-preserving QAT after prune, cluster-preserving after cluster, and both
-    (PCQAT) after both; tfmot's default 8-bit scheme otherwise."""
+    """Sparsity-preserving QAT after prune, and after cluster the cluster-preserving
+    scheme, which keeps zeros too (PCQAT; tfmot's default for it even without pruning);
+    tfmot's default 8-bit scheme otherwise."""
     import tensorflow_model_optimization as tfmot
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
         default_8bit_quantize_scheme,
@@ -260,8 +261,7 @@ def _preserving_scheme(after: list[str]):
 
     combine = tfmot.experimental.combine
     if "cluster" in after:
-        return combine.Default8BitClusterPreserveQuantizeScheme(
-            preserve_sparsity="prune" in after)
+        return combine.Default8BitClusterPreserveQuantizeScheme(preserve_sparsity=True)
     if "prune" in after:
         return combine.Default8BitPrunePreserveQuantizeScheme()
     return default_8bit_quantize_scheme.Default8BitQuantizeScheme()
