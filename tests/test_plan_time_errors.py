@@ -135,6 +135,25 @@ def test_layers_tfmot_refuses_are_recipe_errors(models, tmp_path, suffix):
     assert code == 0, err
 
 
+def test_layers_qat_cannot_train_quantized_are_named_at_plan_time(models, tmp_path):
+    """Quantization-aware training wraps what tfmot's 8-bit registry knows; the rest
+    trains in float and is calibrated after training. The plan says which layers, and
+    how to keep them in float instead, without importing TensorFlow."""
+    recipe = project(models, tmp_path)
+    text = LAYERS_RECIPE.replace("  validation: {path: val}\n", "  validation: {path: val}\n"
+                                 "  calibration: {path: val}\n  train: {path: val, loss: "
+                                 "distill}\n").split("targets:")[0] + \
+        "targets:\n  qat: {device: rpi4, quantize: {qat: {epochs: 1}, keep_float: " \
+        "{layers: [act]}}}\n"
+    code, err, imported = plan(recipe, text)
+    assert code == 0, err
+    assert f"{at(text, '{epochs: 1}')}: targets.qat.quantize.qat: tfmot has no " \
+           "quantization-aware training rule for 'rescale' (Rescaling), 'norm' " \
+           "(Normalization):" in err
+    assert "list them in quantize.keep_float.layers" in err
+    assert not imported & HEAVY, imported & HEAVY
+
+
 def test_an_unchanged_h5_model_is_checked_once(models, tmp_path):
     """h5py costs a no-op plan 0.2 s or more: a recipe that passed with this .h5 file
     (by its stat, as the hashing stat cache keys files) is not checked again."""
@@ -386,6 +405,9 @@ def test_plan_and_step_judge_layers_as_tfmot_does(tmp_path):
     from tensorflow_model_optimization.python.core.clustering.keras.clustering_registry import (
         ClusteringRegistry as Clustering,
     )
+    from tensorflow_model_optimization.python.core.quantization.keras.default_8bit.default_8bit_quantize_registry import (  # noqa: E501
+        Default8BitQuantizeRegistry,
+    )
     from tensorflow_model_optimization.python.core.sparsity.keras.prune_registry import (
         PruneRegistry as Pruning,
     )
@@ -403,6 +425,7 @@ def test_plan_and_step_judge_layers_as_tfmot_does(tmp_path):
         tfmot_layers.CLUSTER_LAYERS
     assert names(Clustering._SUPPORTED_RNN_LAYERS) == tfmot_layers.CLUSTER_RNN_LAYERS
     assert names(Clustering._SUPPORTED_RNN_CELLS) == tfmot_layers.CLUSTER_RNN_CELLS
+    assert names(Default8BitQuantizeRegistry()._layer_quantize_map) == tfmot_layers.QAT_LAYERS
 
     layers, seq = keras.layers, keras.layers.Input((6, 8))
     frozen = layers.Dense(3, name="frozen")
@@ -424,6 +447,10 @@ def test_plan_and_step_judge_layers_as_tfmot_does(tmp_path):
     planned = {layer.name: layer for layer in config_layers(config)}
     for layer in tfmot.leaf_layers(model):
         truth = {"prune": Pruning.supports(layer), "cluster": Clustering.supports(layer)}
+        trained_quantized = Default8BitQuantizeRegistry().supports(layer) or \
+            isinstance(layer, keras.layers.BatchNormalization)
+        left_out = tfmot_layers.not_trained_quantized([planned[layer.name]], ())
+        assert (not left_out) == trained_quantized, layer
         for slot, supported in truth.items():
             assert tfmot_layers.supports(slot, tfmot.described(layer)) == supported, layer
             assert tfmot_layers.supports(slot, planned[layer.name]) in (None, supported), layer

@@ -233,7 +233,10 @@ def quantize_aware(model, tuning: FineTuning, keep_float: tuple[str, ...], after
             return layer.__class__.from_config(layer.get_config())
         if any(fnmatch.fnmatchcase(layer.name, pattern) for pattern in keep_float):
             return layer
-        if not registry.supports(layer):
+        # BatchNormalization has no rule of its own: tfmot's transforms fold it into the
+        # convolution before it, which they only do for annotated layers.
+        if not (registry.supports(layer) or
+                isinstance(layer, tf_keras.layers.BatchNormalization)):
             unwrapped.append(layer.name)
             return layer
         return quantization.quantize_annotate_layer(layer)

@@ -1,4 +1,5 @@
-"""Which Keras layers tfmot can prune or cluster, by class name, without tfmot.
+"""Which Keras layers tfmot can prune, cluster or train for int8, by class name,
+without tfmot.
 
 One source of truth for the recipe loader (which reads layer classes from the model's
 config at plan time) and the prune and cluster steps (which check the loaded layers
@@ -49,6 +50,20 @@ WEIGHTED_LAYERS = frozenset({
 # Recurrent layers: clustering looks at their cells even when they are frozen.
 RNN_LAYERS = frozenset({"GRU", "LSTM", "RNN", "SimpleRNN", "ConvLSTM1D", "ConvLSTM2D",
                         "ConvLSTM3D"})
+# Quantization-aware training: tfmot 0.8's Default8BitQuantizeRegistry. Other layers
+# train in float and are quantized after training (calibrated); BatchNormalization is
+# folded into the convolution before it by tfmot's transforms.
+QAT_LAYERS = frozenset({
+    "Activation", "ActivityRegularization", "Add", "AveragePooling1D", "AveragePooling2D",
+    "Concatenate", "Conv2D", "Conv2DTranspose", "Cropping1D", "Cropping2D", "Cropping3D",
+    "Dense", "DepthwiseConv2D", "Dropout", "Flatten", "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D", "GlobalAveragePooling3D", "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D", "GlobalMaxPooling3D", "LeakyReLU", "MaxPooling2D", "Permute",
+    "ReLU", "Reshape", "Softmax", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
+    "UpSampling2D", "ZeroPadding1D", "ZeroPadding2D",
+})
+QAT_FOLDED = frozenset({"BatchNormalization"})
+
 # The cell an RNN layer builds for itself.
 IMPLIED_CELLS = {"GRU": "GRUCell", "LSTM": "LSTMCell", "SimpleRNN": "SimpleRNNCell"}
 
@@ -81,6 +96,13 @@ def supports(slot: str, layer: Layer) -> bool | None:
         if layer.weights is None and layer.kind not in WEIGHTED_LAYERS:
             return None
     return False if layer.builtin else None
+
+
+def not_trained_quantized(layers: list[Layer], keep_float) -> list[Layer]:
+    """Layers that quantization-aware training leaves in float while training: built-in
+    ones tfmot has no rule for (keep_float's are left out on purpose)."""
+    return [layer for layer in layers if layer.builtin and not matches(layer, keep_float)
+            and layer.kind not in QAT_LAYERS | QAT_FOLDED and layer.kind != "InputLayer"]
 
 
 def matches(layer: Layer, patterns) -> bool:
