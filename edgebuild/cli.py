@@ -12,7 +12,7 @@ import os
 import sys
 
 from edgebuild import __version__
-from edgebuild.cli_output import print_summary, print_warnings
+from edgebuild.cli_output import print_devices, print_results, print_summary, print_warnings
 from edgebuild.errors import EdgebuildError
 
 EXAMPLES = """\
@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="where bundles go (default: ./dist)")
     common.add_argument("--json", action="store_true",
                         help="print one JSON document on stdout instead of text")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress lines and no results table")
     common.add_argument("--remote-cache", metavar="URL",
                         help="shared cache behind the local one, any fsspec URL (s3://, gs://, "
                              "file://); default: $EDGEBUILD_REMOTE_CACHE or edgebuild.toml")
@@ -213,15 +214,20 @@ def cmd_build(args) -> int:
                   file=sys.stderr)
             written.append(None)
             unwritten = True
+    # The results table: the report's rows, also where no report is written (`build`).
+    results = [w["doc"] if w else repo.report_doc(p, r)
+               for p, r, w in zip(projects, reports, written, strict=True)]
     if args.json:
-        docs = [{**r.to_dict(), **({"report": w} if w else {})}
-                for r, w in zip(reports, written, strict=True)]
+        docs = [{**r.to_dict(), "results": doc["targets"], **({"report": w} if w else {})}
+                for r, w, doc in zip(reports, written, results, strict=True)]
         print(json.dumps(docs[0] if len(docs) == 1 else {"recipes": docs}, indent=2))
     else:
-        for report, w in zip(reports, written, strict=True):
+        for report, w, doc in zip(reports, written, results, strict=True):
             print_summary(report)
             if w:
                 print(f"  report: {w['paths']['md']}, {w['paths']['png']}")
+            if not args.quiet:
+                print_results(doc)
     return 1 if unwritten or any(r.failed for r in reports) else 0
 
 
@@ -289,12 +295,7 @@ def cmd_report(args) -> int:
     if args.json:
         print(json.dumps(written, indent=2))
         return 0
-    doc = written["doc"]
-    for row in doc["targets"]:
-        value = (row["metrics"] or {}).get(doc["metric"])
-        shown = f"{doc['metric_label']} {value:.3f}" if value is not None else "not measured"
-        print(f"  {row['target']:<16} {row['precision']:<22} {shown:<20} "
-              f"budget {row['budget']['status']:<5} {row['status']}")
+    print_results(written["doc"])  # the table a build ends with, in report.md's units
     print(f"report: {written['paths']['md']}, {written['paths']['png']}")
     return 0
 
@@ -303,7 +304,7 @@ def cmd_graph(args) -> int:
     from edgebuild import repo
 
     project = repo.open_project(args.recipe, _settings(args))
-    print(repo.graph_text(project, args.format), end="")
+    print(repo.graph_text(project, "json" if args.json else args.format), end="")
     return 0
 
 
@@ -314,13 +315,7 @@ def cmd_devices(args) -> int:
     if args.json:
         print(json.dumps(catalog, indent=2))
         return 0
-    for name, profile in catalog.items():
-        steps = ", ".join(f"{k} {v}" for k, v in profile.get("steps", {}).items())
-        extra = ", ".join(f"{k} {v}" for k, v in profile.get("with_training_data", {}).items())
-        if extra:
-            steps += f"; given data.train: {extra}"
-        print(f"{name:<14} {profile['runtime']:<16} {profile['format']:<7} {steps}")
-        print(f"{'':<14} {profile['description']}")
+    print_devices(catalog)
     return 0
 
 

@@ -1,5 +1,5 @@
 """What the CLI prints of a build: one line per target, the step counts, budget misses,
-ladders, remote-cache traffic, and artifacts slower than float."""
+ladders, remote-cache traffic, artifacts slower than float, and the results table."""
 
 from __future__ import annotations
 
@@ -38,6 +38,49 @@ def print_summary(report) -> None:
     for name, target in report.targets.items():
         if target["status"] != "failed" and len(target.get("fallback", {}).get("tried", [])) > 1:
             print(f"  {name}: {target['fallback']['reason']}")
+
+
+def print_results(doc: dict) -> None:
+    """The results table that ends a build (results_table: the report's rows)."""
+    from edgebuild.results_table import render
+
+    table = render(doc)
+    if table:
+        print("\n" + table)
+
+
+def print_devices(catalog: dict[str, dict]) -> None:
+    """The device catalog as a table: what each profile builds, and for what."""
+    rows = [["device", "format", "runtime", "steps", "for"]]
+    for name, profile in catalog.items():
+        steps = "; ".join(_slot_text(slot, value)
+                          for slot, value in profile.get("steps", {}).items())
+        extra = "; ".join(_slot_text(slot, value)
+                          for slot, value in profile.get("with_training_data", {}).items())
+        if extra:
+            steps += f"; given data.train: {extra}"
+        rows.append([name, profile["format"], profile["runtime"], steps,
+                     profile["description"]])
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for index, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+              + "  " + row[4])
+        if index == 0:
+            print("  ".join("-" * width for width in widths) + "  " + "-" * 3)
+
+
+def _slot_text(slot: str, value) -> str:
+    if value is True or not value:
+        return slot if value else f"no {slot}"
+    return f"{slot} " + ", ".join(f"{k} {_value_text(v)}" for k, v in value.items())
+
+
+def _value_text(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_value_text(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(_value_text, value)) + "]"
+    return str(value)
 
 
 def slower_text(slower: dict) -> str:

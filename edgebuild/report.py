@@ -62,15 +62,15 @@ def _baseline_line(doc: dict) -> str:
     label = doc.get("metric_label") or doc.get("metric")
     if metrics:
         labels = {**doc.get("metric_labels", {}), doc.get("metric"): label}
-        shown = [f"{labels.get(key, key)} {_percent(value)}"
+        shown = [f"{labels.get(key, key)} {percent(value)}"
                  for key, value in _primary_first(metrics, doc.get("metric"))]
         text = "Float baseline: " + ", ".join(shown)
     else:
         text = f"Float baseline: {DASH} (not measured)"
     latency = baseline.get("latency")
     if latency:
-        text += (f"; host latency {_ms(latency.get('median_ms'))} ms median, "
-                 f"{_ms(latency.get('p90_ms'))} ms p90")
+        text += (f"; host latency {ms(latency.get('median_ms'))} ms median, "
+                 f"{ms(latency.get('p90_ms'))} ms p90")
     return text + "."
 
 
@@ -97,8 +97,8 @@ def _target_row(t: dict, metric: str | None, with_rung: bool) -> list[str]:
     latency = t.get("latency") or {}
     row = [t.get("target"), t.get("device"), t.get("format"), t.get("precision"),
            t.get("status"), _size(t.get("bytes")), _size(t.get("gzip_bytes")),
-           _percent(metrics.get(metric)), _points(drop.get(metric)), _fidelity(t.get("fidelity")),
-           _latency(latency), _speedup(t.get("speedup")), _budget(t.get("budget"))]
+           percent(metrics.get(metric)), points(drop.get(metric)), fidelity_text(t.get("fidelity")),
+           latency_text(latency), speedup_text(t.get("speedup")), budget_text(t.get("budget"))]
     if with_rung:
         row.append((t.get("rung") or {}).get("chosen") or DASH)
     return [DASH if cell is None else str(cell) for cell in row]
@@ -124,7 +124,7 @@ def _misses_table(misses: list[dict]) -> list[str]:
 
 
 def _slower_section(doc: dict) -> list[str]:
-    rows = [[t.get("target"), _speedup(t["slower"].get("speedup")), t["slower"].get("why")]
+    rows = [[t.get("target"), speedup_text(t["slower"].get("speedup")), t["slower"].get("why")]
             for t in doc.get("targets") or [] if t.get("slower")]
     if not rows:
         return ["None: no artifact is slower than its float artifact on this host."]
@@ -164,37 +164,37 @@ def _cell(value) -> str:
     return DASH if value is None or value == "" else str(value).replace("|", "\\|")
 
 
-# -- formatting ---------------------------------------------------------------------
+# -- formatting (the CLI's results table writes figures the same way) -------------
 
-def _percent(value) -> str:
+def percent(value) -> str:
     return DASH if value is None else f"{value * 100:.1f}%"
 
 
-def _points(drop) -> str:
+def points(drop) -> str:
     """Signed, in percentage points: positive means the artifact is worse."""
     if drop is None:
         return DASH
-    points = drop * 100
-    return "0.00" if abs(points) < 0.005 else f"{points:+.2f}"
+    value = drop * 100
+    return "0.00" if abs(value) < 0.005 else f"{value:+.2f}"
 
 
-def _ms(value) -> str:
+def ms(value) -> str:
     if value is None:
         return DASH
     return f"{value:.2f}" if value < 10 else f"{value:.1f}"
 
 
-def _latency(latency: dict) -> str:
+def latency_text(latency: dict) -> str:
     if latency.get("median_ms") is None:
         return DASH
-    return f"{_ms(latency.get('median_ms'))} / {_ms(latency.get('p90_ms'))}"
+    return f"{ms(latency.get('median_ms'))} / {ms(latency.get('p90_ms'))}"
 
 
-def _speedup(value) -> str:
+def speedup_text(value) -> str:
     return DASH if value is None else f"{value:.2f}×"
 
 
-def _fidelity(fidelity: dict | None) -> str:
+def fidelity_text(fidelity: dict | None) -> str:
     if not fidelity:
         return DASH
     parts = []
@@ -202,11 +202,11 @@ def _fidelity(fidelity: dict | None) -> str:
         parts.append(f"cos {fidelity['cosine']:.3f}")
     if fidelity.get("agreement") is not None:
         label = fidelity.get("agreement_label") or "agreement"
-        parts.append(f"{label} {_percent(fidelity['agreement'])}")
+        parts.append(f"{label} {percent(fidelity['agreement'])}")
     return ", ".join(parts) or DASH
 
 
-def _budget(budget: dict | None) -> str:
+def budget_text(budget: dict | None) -> str:
     status = (budget or {}).get("status")
     return {"pass": "pass", "fail": "FAIL"}.get(status, DASH)
 

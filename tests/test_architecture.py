@@ -26,7 +26,7 @@ MAX_MODULE_LINES = 400
 def layer(module: str) -> int:
     if module in CLI:
         return LAYERS.index("cli")
-    if module == "edgebuild.api" or module.startswith("edgebuild.repo"):
+    if module in ("edgebuild.api", "edgebuild.repo") or module.startswith("edgebuild.repo."):
         return LAYERS.index("operations")
     if module.startswith("edgebuild.toolchains"):
         return LAYERS.index("toolchains")

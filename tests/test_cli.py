@@ -9,14 +9,24 @@ from conftest import executed
 from edgebuild.cli import main
 
 
-def test_graph_renders_mermaid_and_dot_with_shared_nodes(built_tiny, capsys):
+def test_graph_renders_mermaid_dot_and_json_with_shared_nodes(built_tiny, capsys):
     assert main(["graph", str(built_tiny.recipe), *built_tiny.args()]) == 0
     mermaid = capsys.readouterr().out
     assert mermaid.startswith("flowchart LR")
-    assert mermaid.count('["convert.tflite"]') == 1  # one node shared by both targets
+    # One node shared by both targets, labelled with them.
+    assert mermaid.count('["convert.tflite (rpi4, pixel)"]') == 1
     assert main(["graph", str(built_tiny.recipe), "--format", "dot", *built_tiny.args()]) == 0
     dot = capsys.readouterr().out
-    assert dot.startswith("digraph edgebuild {") and "quantize.tflite[int8]" in dot
+    assert dot.startswith("digraph edgebuild {") and "quantize.tflite[int8] (rpi4)" in dot
+    edges = [line for line in dot.splitlines() if "->" in line]
+    assert len(edges) == len(set(edges))  # validate reads two outputs of one node: one edge
+    assert main(["graph", str(built_tiny.recipe), "--json", *built_tiny.args()]) == 0
+    graph = json.loads(capsys.readouterr().out)
+    labels = [node["label"] for node in graph["nodes"]]
+    assert len(labels) == len(set(labels)) and "quantize.tflite[fp16] (pixel)" in labels
+    ids = {node["id"] for node in graph["nodes"]}
+    assert all(edge["from"] in ids and edge["to"] in ids for edge in graph["edges"])
+    assert len(edges) == len(graph["edges"])
 
 
 def test_devices_lists_the_catalog(capsys):
@@ -28,6 +38,12 @@ def test_devices_lists_the_catalog(capsys):
     assert catalog["coral-edgetpu"]["integer_only"] is True
     assert catalog["android-gpu"]["steps"]["quantize"]["mode"] == "fp16"
     assert catalog["jetson-orin"]["runtime"] == "tensorrt"
+    assert main(["devices"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["device", "format", "runtime", "steps", "for"]
+    coral = next(line for line in table if line.startswith("coral-edgetpu"))
+    assert "quantize mode int8, io int8; compile compiler edgetpu" in coral
+    assert "{" not in "".join(table[2:])  # no Python dicts
 
 
 def test_build_one_target_leaves_the_others_alone(tiny):
@@ -65,3 +81,28 @@ def test_clean_removes_bundles_and_optionally_the_cache(rebuilt, capsys):
     assert not (rebuilt.dist / "tiny").exists() and rebuilt.cache.exists()
     assert main(["clean", "--cache", *rebuilt.args()]) == 0
     assert not rebuilt.cache.exists()
+
+
+def test_a_build_ends_with_the_results_table(built_tiny, capsys):
+    """One row per target: chain, download and model size, every task metric with its
+    change against float, fidelity, latency, speed-up and verdict; not under -q; in the
+    JSON as `results`."""
+    project = built_tiny.copy(built_tiny.root.parent / "results")
+    assert main(["all", str(project.recipe), *project.args()]) in (0, 1)
+    out = capsys.readouterr().out
+    lines = out[out.index("\ntarget "):].strip().splitlines()
+    header = lines[0]
+    for column in ("chain", "download", "model", "fidelity",
+                   "latency ms (median / p90)", "speed-up", "budget"):
+        assert column in header, (column, header)
+    rows = {line.split()[0]: line for line in lines[2:] if line.split()[0] in ("rpi4", "pixel")}
+    assert set(rows) == {"rpi4", "pixel"}
+    assert "TFLite int8" in rows["rpi4"] and "TFLite fp16" in rows["pixel"]
+    assert "kB" in rows["rpi4"] and "×" in rows["rpi4"]
+    assert "host latency, not device latency" in out
+    assert main(["all", str(project.recipe), "-q", *project.args()]) in (0, 1)
+    assert "\ntarget " not in capsys.readouterr().out
+    assert main(["all", str(project.recipe), "--json", *project.args()]) in (0, 1)
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [r["target"] for r in results] == ["rpi4", "pixel"]
+    assert results[0]["chain"] == "TFLite int8" and results[0]["download_bytes"] > 0

@@ -64,6 +64,12 @@ def test_detector_recipe_builds_one_bundle_per_target(tmp_path):
             assert result["targets"][name]["slower"]["speedup"] == row["speedup"]
     assert (project.dist / "detector" / "report.md").exists()
     assert (project.dist / "detector" / "pareto.png").exists()
+    # The results table's rows: the chain, both COCO metrics, one row per target.
+    table = {row["target"]: row for row in result["results"]}
+    assert list(table) == list(devices)
+    assert table["rpi4-sparse"]["chain"] == "prune 50% → 16 clusters → TFLite int8"
+    assert table["jetson"]["chain"] == "ONNX fp16 → TensorRT engine"
+    assert all(set(row["metrics"]) == {"map50", "map50_95"} for row in table.values())
 
     again = project.build()
     assert again["steps"]["executed"] == 0

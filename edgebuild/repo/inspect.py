@@ -66,9 +66,13 @@ def explain(project: Project, step_ref: str) -> tuple[StepState, dict | None, li
 
 
 def graph_text(project: Project, fmt: str) -> str:
-    """The step graph as Graphviz dot or Mermaid."""
-    from edgebuild.graph import to_dot, to_mermaid
+    """The step graph as Graphviz dot, Mermaid or JSON."""
+    import json
 
+    from edgebuild.graph import to_dot, to_json, to_mermaid
+
+    if fmt == "json":
+        return json.dumps(to_json(project.graph), indent=2) + "\n"
     return (to_dot if fmt == "dot" else to_mermaid)(project.graph)
 
 

@@ -91,11 +91,15 @@ def _row(project: Project, target: str, built: BuildReport | None) -> tuple[dict
     bundle = graph.nodes[graph.target_chains[target][-1]]
     model_entry = planner.entry_of(bundle.deps["model"][0])
     size = (model_entry.meta.get("facts", {}).get("size") or {}) if model_entry else {}
-    row = {"target": target, "device": project.recipe.targets[target].device.name,
-           "format": project.recipe.targets[target].format,
+    bundle_entry = planner.entry_of(bundle.id)
+    archive = bundle_entry.outputs.get("archive") if bundle_entry else None
+    spec = project.recipe.targets[target]
+    row = {"target": target, "device": spec.device.name, "format": spec.format,
            "precision": bundle.params["precision"],
+           "chain": chain_text(spec, bundle.params["precision"]),
            "status": target_status(project, target, built), "bytes": size.get("bytes"),
-           "gzip_bytes": size.get("gzip_bytes"), "metrics": None, "drop": None,
+           "gzip_bytes": size.get("gzip_bytes"),
+           "download_bytes": archive.size if archive else None, "metrics": None, "drop": None,
            "fidelity": None, "latency": None, "speedup": None, "slower": None,
            "budget": {"status": "none", "misses": []}, "rung": None}
     found = measured(project, target)
@@ -118,6 +122,26 @@ def _row(project: Project, target: str, built: BuildReport | None) -> tuple[dict
     if ladder:
         row["rung"] = {"chosen": ladder["chosen"], "tried": ladder["tried"]}
     return row, found
+
+
+COMPILERS = {"tensorrt": "TensorRT engine", "edgetpu": "Edge TPU"}
+
+
+def chain_text(target, precision: str) -> str:
+    """What a target's artifact went through, e.g. `prune 50% → 16 clusters → TFLite
+    int8` (the precision of the rung a ladder chose)."""
+    steps, parts = target.steps, []
+    prune = steps.get("prune")
+    if prune is not None:
+        parts.append(f"prune {prune.structure}" if prune.structure
+                     else f"prune {prune.sparsity:.0%}")
+    if steps.get("cluster") is not None:
+        parts.append(f"{steps['cluster'].clusters} clusters")
+    parts.append(f"{'TFLite' if target.format == 'tflite' else 'ONNX'} {precision}")
+    compile_ = steps.get("compile")
+    if compile_ is not None:
+        parts.append(COMPILERS.get(compile_.compiler, compile_.compiler))
+    return " → ".join(parts)
 
 
 def target_status(project: Project, target: str, built: BuildReport | None) -> str:
