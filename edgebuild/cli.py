@@ -13,7 +13,7 @@ import sys
 
 from edgebuild import __version__
 from edgebuild.cli_output import print_devices, print_results, print_summary, print_warnings
-from edgebuild.errors import EdgebuildError
+from edgebuild.errors import EdgebuildError, UsageError
 
 EXAMPLES = """\
 examples:
@@ -25,6 +25,7 @@ examples:
   edgebuild graph recipes/detector.yaml --format dot | dot -Tsvg > graph.svg
   edgebuild gc --dry-run
   edgebuild verify dist/detector/rpi4 dist/detector/rpi4.tar.gz
+  edgebuild diff recipes/detector.yaml --format markdown   against HEAD's lock file
   edgebuild all recipes/detector.yaml --remote-cache s3://bucket/edgebuild --shard 1/3
   edgebuild all recipes/detector.yaml --remote-cache s3://bucket/edgebuild \\
       --scheduler tcp://scheduler:8786
@@ -102,6 +103,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("recipes", nargs="*", metavar="RECIPE",
                    help="also keep what these recipes' lock files reference")
     p.add_argument("--dry-run", action="store_true", help="only say what would go")
+    p = sub.add_parser("diff", parents=[common],
+                       help="compare what the targets ship with another revision's lock file")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("against", nargs="?", metavar="REV|LOCKFILE",
+                   help="a git revision (default HEAD) or a lock file")
+    p.add_argument("--format", choices=("text", "markdown"), default="text",
+                   help="markdown: for a pull-request comment")
     p = sub.add_parser("verify", parents=[common],
                        help="check bundles (folders or .tar.gz) against their manifests")
     p.add_argument("bundles", nargs="+", metavar="BUNDLE")
@@ -308,6 +316,22 @@ def cmd_graph(args) -> int:
     return 0
 
 
+def cmd_diff(args) -> int:
+    from pathlib import Path
+
+    from edgebuild.repo import diffing
+
+    recipe = Path(args.recipe)
+    if not recipe.is_file():
+        raise UsageError(f"{recipe}: no such recipe")
+    doc = diffing.diff(recipe.with_suffix(".lock"), args.against)
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print(diffing.markdown(doc) if args.format == "markdown" else diffing.text(doc), end="")
+    return 0
+
+
 def cmd_devices(args) -> int:
     from edgebuild import repo
 
@@ -358,4 +382,4 @@ def cmd_verify(args) -> int:
 
 COMMANDS = {"all": cmd_build, "build": cmd_build, "plan": cmd_plan, "explain": cmd_explain,
             "report": cmd_report, "graph": cmd_graph, "devices": cmd_devices, "clean": cmd_clean,
-            "gc": cmd_gc, "verify": cmd_verify}
+            "gc": cmd_gc, "verify": cmd_verify, "diff": cmd_diff}

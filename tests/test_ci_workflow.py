@@ -25,9 +25,15 @@ def test_workflow_shards_with_a_matrix_and_shares_a_remote_cache():
     commands = [line.strip() for job in jobs.values() for step in job["steps"]
                 for line in step.get("run", "").splitlines()
                 if line.strip().startswith("edgebuild ")]
-    assert len(commands) == 2
+    assert len(commands) == 4
     for command in commands:
-        argv = shlex.split(command.split(">")[0].replace("${{ matrix.shard }}", "2"))[1:]
+        argv = shlex.split(command.split(">")[0].replace("${{ matrix.shard }}", "2")
+                           .replace("${{ github.base_ref }}", "main"))[1:]
         args = _parser().parse_args(argv)
-        assert args.command == "all"
+        assert args.command in ("all", "diff")
     assert any("--shard" in c for c in commands)
+    # Pull requests get the diff against their base branch as a comment.
+    diff = jobs["diff"]
+    assert diff["if"] == "github.event_name == 'pull_request'"
+    assert diff["permissions"] == {"pull-requests": "write"}
+    assert any("edgebuild diff" in c and "--format markdown" in c for c in commands)

@@ -106,3 +106,46 @@ def test_a_build_ends_with_the_results_table(built_tiny, capsys):
     results = json.loads(capsys.readouterr().out)["results"]
     assert [r["target"] for r in results] == ["rpi4", "pixel"]
     assert results[0]["chain"] == "TFLite int8" and results[0]["download_bytes"] > 0
+
+
+def test_diff_shows_exactly_the_changed_target_against_head(built_tiny, capsys):
+    """After one target's quantize option changes and the recipe is rebuilt, `diff`
+    against the committed lock file shows that target's figures and nothing else:
+    as text, as Markdown for a pull request, and as JSON."""
+    import subprocess
+
+    project = built_tiny.copy(built_tiny.root.parent / "diffed")
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=project.root, check=True, capture_output=True)
+
+    git("init", "-q")
+    git("add", "tiny.yaml", "tiny.lock")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    assert main(["diff", str(project.recipe), *project.args()]) == 0
+    assert "no target changed" in capsys.readouterr().out
+
+    project.recipe.write_text(project.recipe.read_text().replace(
+        "rpi4: {device: rpi4}", "rpi4: {device: rpi4, quantize: {per_channel: false}}"))
+    project.build()
+    assert main(["diff", str(project.recipe), "--json", *project.args()]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["against"] == "HEAD:tiny.lock" and doc["unchanged"] == ["pixel"]
+    changes = {c["figure"]: c for c in doc["changes"]}
+    assert {c["target"] for c in doc["changes"]} == {"rpi4"}
+    assert changes["precision"] == {"target": "rpi4", "figure": "precision", "before": "int8",
+                                    "after": "int8-per-tensor", "change": "changed",
+                                    "notable": True}
+    assert "size" in changes  # per-tensor: no per-channel scales to store
+    assert main(["diff", str(project.recipe), "--format", "markdown", *project.args()]) == 0
+    markdown = capsys.readouterr().out
+    assert markdown.startswith("### edgebuild diff: ")
+    assert "| target | figure | before | after | change |" in markdown
+    assert "| rpi4 | precision | int8 | int8-per-tensor | **changed** |" in markdown
+    assert "Unchanged: pixel." in markdown and "| pixel |" not in markdown
+    # Against a lock file instead of a revision; and a revision without it is a usage error.
+    assert main(["diff", str(project.recipe), str(project.recipe.with_suffix(".lock")),
+                 *project.args()]) == 0
+    assert "no target changed" in capsys.readouterr().out
+    assert main(["diff", str(project.recipe), "no-such-rev", *project.args()]) == 2
+    assert "git has no tiny.lock at no-such-rev" in capsys.readouterr().err

@@ -127,6 +127,10 @@ def measured(project: Project, target: str) -> dict:
     return json.loads(project.cache.read_blob(entry.outputs["report"].digest))
 
 
+def _rounded(value: float) -> float:
+    return round(value, 4) + 0.0  # + 0.0: no -0.0 in the lock
+
+
 def deferred_steps(project: Project, chain: list[str]) -> dict[str, str]:
     """Steps of a chain that left their work to the device: impl name -> why."""
     found = {}
@@ -151,4 +155,31 @@ def _lock_record(project: Project, target: str, chain: list[str],
     record = {"device": device, "steps": steps}
     if ladder:
         record["fallback"] = {"chosen": ladder["chosen"], "reason": ladder["reason"]}
+    shipped = shipped_with(project, target, chain)
+    if shipped:
+        record["shipped"] = shipped
     return record
+
+
+def shipped_with(project: Project, target: str, chain: list[str]) -> dict:
+    """What the target shipped with, for `edgebuild diff`: the model's size and what
+    validation measured against float, rounded to what reads as a difference (0.01
+    points, 4 decimals) so that the lock stays byte-identical across machines. Host
+    latency is left out: it differs from run to run, and the lock must not."""
+    model = project.planner.entry_of(project.graph.nodes[chain[-1]].deps["model"][0])
+    found = measured(project, target)
+    shipped = {}
+    size = (model.meta.get("facts", {}).get("size") if model else None) or {}
+    if size:
+        shipped["size"] = {k: size[k] for k in ("bytes", "gzip_bytes") if k in size}
+    if found:
+        agreement = (found.get("agreement") or {}).get("value")
+        shipped.update(
+            metrics={k: _rounded(v) for k, v in (found.get("metrics") or {}).items()
+                     if v is not None},
+            drop={k: _rounded(v) for k, v in (found.get("drop") or {}).items()
+                  if v is not None},
+            fidelity={"cosine": _rounded(min(f["cosine"] for f in found["fidelity"])),
+                      **({"agreement": _rounded(agreement)} if agreement is not None else {})},
+            verdict="pass" if found["passed"] else "fail")
+    return shipped
