@@ -36,11 +36,51 @@ def render(doc: dict, folder: Path, png: bytes | None = None) -> dict[str, Path]
 
 def markdown(doc: dict, png_name: str = "pareto.png") -> str:
     lines = [f"# {doc.get('recipe') or 'build'}: build report", "", _host_line(doc), "",
-             _baseline_line(doc), "", *_targets_table(doc), "", "## Budget misses", "",
+             _baseline_line(doc), "", *_targets_table(doc), "", *_noise_notes(doc),
+             "## Budget misses", "",
              *_misses_section(doc), "", "## Slower than float", "", *_slower_section(doc), "",
              "## Fallback ladders", "", *_ladders_section(doc),
-             "", "## Accuracy against host latency", "", f"![Pareto]({png_name})", ""]
+             "", "## Accuracy against host latency", "", f"![Pareto]({png_name})", "",
+             "## Provenance", "", *_provenance_lines(doc), ""]
     return "\n".join(lines)
+
+
+NOISY_P90 = 3.0  # a p90 this many times the median: the timing is not to be trusted
+
+
+def _noise_notes(doc: dict) -> list[str]:
+    """Where host latency is too noisy to read much into: a p90 over 3x the median,
+    or a speed-up smaller than the run-to-run spread."""
+    notes = []
+    for t in doc.get("targets") or []:
+        latency = t.get("latency") or {}
+        median, p90 = latency.get("median_ms"), latency.get("p90_ms")
+        if not median or not p90:
+            continue
+        spread = (p90 - median) / median
+        if p90 > NOISY_P90 * median:
+            notes.append(f"- {t.get('target')}: p90 {ms(p90)} ms is {p90 / median:.1f}× "
+                         f"the median {ms(median)} ms; the host was busy or the model "
+                         "is too small to time well.")
+        elif t.get("speedup") is not None and abs(t["speedup"] - 1) < spread:
+            notes.append(f"- {t.get('target')}: its speed-up {speedup_text(t['speedup'])} "
+                         f"is inside the run-to-run spread (p90 {spread * 100:.0f}% above "
+                         "the median): read it as no difference.")
+    return ["**Latency noise.**", "", *notes, ""] if notes else []
+
+
+def _provenance_lines(doc: dict) -> list[str]:
+    from datetime import UTC, datetime
+
+    provenance = doc.get("provenance") or {}
+    toolchain = ", ".join(f"{name} {version}" for name, version in
+                          (provenance.get("toolchain") or {}).items() if version)
+    commit = provenance.get("recipe_commit")
+    return [f"- edgebuild {provenance.get('edgebuild') or DASH}",
+            f"- toolchain: {toolchain or DASH}",
+            f"- recipe at commit {commit[:12]}" if commit else "- recipe not in git",
+            # When the figures last changed: the report is rewritten only then.
+            f"- written {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}"]
 
 
 def _host_line(doc: dict) -> str:

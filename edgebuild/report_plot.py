@@ -1,5 +1,7 @@
 """The report's Pareto plot: the primary metric against host latency, one marker per
-target, area by download size, p90 as error bars, labels that never overlap.
+target (targets that coincide share one, and one label naming them all), area by
+download size with a size key, p90 as error bars, labels that never overlap markers,
+each other or the legend.
 matplotlib is imported inside `plot`, never at module level, so planning and no-op
 builds do not pay for it."""
 
@@ -34,6 +36,12 @@ def png(doc: dict) -> bytes:
 
 def plot(doc: dict, path: Path | io.BytesIO) -> None:
     """Primary metric against host latency, one marker per target, area ~ size."""
+    draw(doc).savefig(path, format="png", dpi=150, bbox_inches="tight", pad_inches=0.2,
+                      metadata={"Software": None})
+
+
+def draw(doc: dict):
+    """The plot's matplotlib Figure (labels carry gid "label", markers gid "marker")."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -46,21 +54,17 @@ def plot(doc: dict, path: Path | io.BytesIO) -> None:
     base_metric = (baseline.get("metrics") or {}).get(metric)
     base_latency = (baseline.get("latency") or {}).get("median_ms")
 
-    lines = _draw_front(ax, points)
-    _draw_points(ax, points)
+    lines = _draw_front(ax, points) + _draw_points(ax, points)
     if base_metric is not None:
+        # Named in the legend, not beside the line, where it could cover a marker.
         ax.axhline(base_metric * 100, color=BASE_COLOUR, linestyle="--", linewidth=1,
-                   label="float baseline", zorder=1)
-        ax.annotate(f"float baseline {base_metric * 100:.1f}%", (0, base_metric * 100),
-                    xycoords=ax.get_yaxis_transform(), xytext=(4, 2),
-                    textcoords="offset points", fontsize=8, color=BASE_COLOUR, va="bottom",
-                    gid="baseline")
+                   label=f"float baseline {base_metric * 100:.1f}%", zorder=1)
         if base_latency is not None:
             ax.scatter([base_latency], [base_metric * 100], marker="*", s=260,
                        color=BASE_COLOUR, edgecolors="white", linewidths=0.8, zorder=4,
                        label="float baseline (host latency)")
     _axes(ax, points, base_latency, base_metric)
-    ax.set_xlabel("median host latency (ms), not device latency")
+    ax.set_xlabel("median host latency (ms), not device latency; bars reach the p90")
     ax.set_ylabel(f"{label} (%)")
     ax.set_title(f"{doc.get('recipe') or 'build'}: {label} against host latency")
     ax.grid(True, which="major", alpha=0.3)
@@ -72,27 +76,40 @@ def plot(doc: dict, path: Path | io.BytesIO) -> None:
         lines.append(((ax.get_xlim()[0], base_metric * 100), (ax.get_xlim()[1], base_metric * 100)))
     _place_labels(fig, ax, points, lines)
     _footnote(fig, doc, points, missing)
-    fig.savefig(path, format="png", dpi=150, bbox_inches="tight", pad_inches=0.2,
-                metadata={"Software": None})
+    return fig
 
 
 def _plot_points(targets: list[dict], metric: str | None) -> tuple[list[dict], list[dict]]:
+    """One point per marker. Targets at the same latency and metric (as plotted) share
+    one marker and one label naming them all, so that none hides another."""
     points, missing = [], []
     for t in targets:
         value = (t.get("metrics") or {}).get(metric)
-        latency = (t.get("latency") or {}).get("median_ms")
-        if value is None or latency is None or latency <= 0:
+        latency = t.get("latency") or {}
+        median = latency.get("median_ms")
+        if value is None or median is None or median <= 0:
             missing.append(t)
             continue
-        points.append({"x": latency, "y": value * 100, "bytes": t.get("bytes"),
-                       "failed": (t.get("budget") or {}).get("status") == "fail",
-                       "text": " ".join(str(s) for s in (t.get("target"), t.get("precision"))
-                                        if s)})
+        text = " ".join(str(s) for s in (t.get("target"), t.get("precision")) if s)
+        size = t.get("download_bytes") or t.get("bytes")
+        failed = (t.get("budget") or {}).get("status") == "fail"
+        same = next((p for p in points if p["failed"] == failed
+                     and abs(p["y"] - value * 100) < 0.05
+                     and abs(p["x"] - median) <= 0.01 * median), None)
+        if same is not None:
+            same["text"] += "\n" + text
+            same["bytes"] = max(same["bytes"] or 0, size or 0) or None
+            continue
+        points.append({"x": median, "y": value * 100, "bytes": size, "failed": failed,
+                       "p90": latency.get("p90_ms"), "text": text})
     largest = max((p["bytes"] or 0 for p in points), default=0)
     for p in points:
-        share = (p["bytes"] or 0) / largest if largest else 0
-        p["area"] = max(MIN_AREA, MAX_AREA * share) if p["bytes"] else 120.0
+        p["area"] = _area(p["bytes"], largest)
     return points, missing
+
+
+def _area(size, largest: int) -> float:
+    return max(MIN_AREA, MAX_AREA * size / largest) if size and largest else 120.0
 
 
 def pareto_front(points: list[dict]) -> list[dict]:
@@ -118,14 +135,24 @@ def _draw_front(ax, points: list[dict]) -> list[tuple]:
     return segments
 
 
-def _draw_points(ax, points: list[dict]) -> None:
+def _draw_points(ax, points: list[dict]) -> list[tuple]:
+    """Markers and their p90 bars; returns the bars, which labels should avoid."""
     for failed in (False, True):
         group = [p for p in points if p["failed"] == failed]
-        if group:
-            ax.scatter([p["x"] for p in group], [p["y"] for p in group],
-                       s=[p["area"] for p in group], marker="s" if failed else "o",
-                       color=FAIL_COLOUR if failed else PASS_COLOUR, alpha=0.55,
-                       edgecolors="black", linewidths=0.8, zorder=3)
+        if not group:
+            continue
+        colour = FAIL_COLOUR if failed else PASS_COLOUR
+        # The p90 as a bar to the right of the median: how far the slow runs reach.
+        spread = [max(0.0, (p["p90"] or p["x"]) - p["x"]) for p in group]
+        ax.errorbar([p["x"] for p in group], [p["y"] for p in group],
+                    xerr=[[0.0] * len(group), spread], fmt="none", ecolor=colour,
+                    elinewidth=1.0, capsize=3, alpha=0.8, zorder=2.5)
+        ax.scatter([p["x"] for p in group], [p["y"] for p in group],
+                   s=[p["area"] for p in group], marker="s" if failed else "o",
+                   color=colour, alpha=0.55, edgecolors="black", linewidths=0.8, zorder=3,
+                   gid="marker")
+    return [((p["x"], p["y"]), (p["p90"], p["y"])) for p in points
+            if p["p90"] and p["p90"] > p["x"]]
 
 
 def _axes(ax, points: list[dict], base_latency, base_metric) -> None:
@@ -133,7 +160,8 @@ def _axes(ax, points: list[dict], base_latency, base_metric) -> None:
     the markers for their labels."""
     from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
-    xs = [p["x"] for p in points] + ([base_latency] if base_latency else [])
+    xs = [p["x"] for p in points] + [p["p90"] for p in points if p["p90"]] + \
+        ([base_latency] if base_latency else [])
     ys = [p["y"] for p in points] + ([base_metric * 100] if base_metric is not None else [])
     if not xs or not ys:
         return
@@ -169,56 +197,87 @@ def _legend(ax, points: list[dict], has_baseline: bool) -> None:
             handles.append(handle)
     largest = max((p["bytes"] or 0 for p in points), default=0)
     if largest:
-        handles.append(Line2D([], [], linestyle="", label=f"marker area ∝ size "
-                              f"(largest {size_text(largest)})"))
+        # The size key: markers of a quarter, half and all of the largest download.
+        for share in (0.25, 0.5, 1.0):
+            handles.append(Line2D([], [], marker="o", linestyle="", color="none",
+                                  markeredgecolor=BASE_COLOUR,
+                                  markersize=math.sqrt(_area(largest * share, largest)),
+                                  label=f"{size_text(int(largest * share))} download"))
     if handles:
         # Beside the axes, not in them: it can never hide a target.
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8,
-                  framealpha=0.9, borderaxespad=0.0)
+                  framealpha=0.9, borderaxespad=0.0, labelspacing=1.6, borderpad=1.0,
+                  handlelength=3.0, handletextpad=1.2)
 
 
-# Where a label may go, relative to its marker, in order of preference.
-_OFFSETS = [(1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1)]
+# Where a label may go, relative to its marker: 16 directions (the diagonals and the
+# sides first), on rings further and further out; beyond the first ring a leader line
+# leads back to the marker.
+_DIRECTIONS = [45, -45, 135, -135, 0, 180, 90, -90, 22.5, -22.5, 157.5, -157.5,
+               67.5, -67.5, 112.5, -112.5]
+_RINGS = 7
+_RING_STEP = 14.0  # points between rings
+
+
+def _spots(radius: float):
+    """(dx, dy, ha, va, leader) in offset points, in order of preference."""
+    for ring in range(_RINGS):
+        for angle in _DIRECTIONS:
+            dx, dy = math.cos(math.radians(angle)), math.sin(math.radians(angle))
+            distance = radius + ring * _RING_STEP
+            ha = "left" if dx > 0.3 else "right" if dx < -0.3 else "center"
+            va = "bottom" if dy > 0.3 else "top" if dy < -0.3 else "center"
+            yield dx * distance, dy * distance, ha, va, ring > 0
 
 
 def _place_labels(fig, ax, points: list[dict], lines: list[tuple]) -> None:
-    """Greedy placement: each label takes the first spot around its marker that
-    covers no marker, no earlier label, the legend or the axes' edge, and as little
-    of the plotted lines as it can."""
+    """Greedy placement: each label takes the first spot around its marker, ring by
+    ring, that covers no marker, no earlier label, the legend or the axes' edge, and as
+    little of the plotted lines as it can. A spot that overlaps something solid is taken
+    only when no spot on any ring is free."""
     renderer = fig.canvas.get_renderer()
     solid = [_marker_box(ax, p) for p in points]
     legend = ax.get_legend()
     if legend is not None:
         solid.append(legend.get_window_extent(renderer))
-    solid += [t.get_window_extent(renderer) for t in ax.texts if t.get_gid() == "baseline"]
     thin = [_segment_box(ax, a, b) for a, b in lines]
     frame = ax.get_window_extent(renderer)
     # Labels of the biggest markers first: they have the fewest free spots.
     for p in sorted(points, key=lambda p: -p["area"]):
         radius = math.sqrt(p["area"]) / 2 + 2  # points
         best, best_cost = None, math.inf
-        for dx, dy in _OFFSETS:
-            shrink = 0.75 if dx and dy else 1.0  # diagonal: closer to the marker's rim
-            text = ax.annotate(p["text"], (p["x"], p["y"]),
-                               xytext=(dx * radius * shrink, dy * radius * shrink),
-                               textcoords="offset points", fontsize=8, zorder=5,
-                               ha={1: "left", -1: "right", 0: "center"}[dx],
-                               va={1: "bottom", -1: "top", 0: "center"}[dy],
-                               bbox={"boxstyle": "round,pad=0.15", "fc": "white",
-                                     "ec": "none", "alpha": 0.75})
-            box = text.get_window_extent(renderer)
-            cost = (sum(_overlap(box, other) for other in solid)
-                    + 0.3 * sum(_overlap(box, other) for other in thin)
-                    + 10 * (box.width * box.height - _overlap(box, frame)))
+        for dx, dy, ha, va, leader in _spots(radius):
+            text = ax.annotate(
+                p["text"], (p["x"], p["y"]), xytext=(dx, dy), textcoords="offset points",
+                fontsize=8, zorder=5, gid="label", ha=ha, va=va,
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                      "alpha": 0.75},
+                arrowprops={"arrowstyle": "-", "lw": 0.6, "color": BASE_COLOUR,
+                            "shrinkA": 0, "shrinkB": radius} if leader else None)
+            box = label_box(text, renderer)
+            blocked = sum(_overlap(box, other) for other in solid) + 10 * (
+                box.width * box.height - _overlap(box, frame))
+            # Anything solid in the way rules a spot out while a free one is left.
+            cost = 1e6 * (blocked > 0) + blocked \
+                + 0.3 * sum(_overlap(box, other) for other in thin) + 0.01 * math.hypot(dx, dy)
             if cost < best_cost:
                 if best is not None:
                     best[0].remove()
                 best, best_cost = (text, box), cost
             else:
                 text.remove()
-            if cost == 0:
+            if best_cost < 1e6 and not leader and cost < 1:  # free, close, clear of lines
                 break
         solid.append(best[1])
+
+
+def label_box(text, renderer):
+    """Where a label's text is, without its leader line (an Annotation's own extent
+    covers the line too, which starts at the marker)."""
+    from matplotlib.text import Text
+
+    text.update_positions(renderer)  # where the offset puts it, as drawing would
+    return Text.get_window_extent(text, renderer)
 
 
 def _segment_box(ax, a: tuple, b: tuple):

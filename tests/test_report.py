@@ -170,7 +170,7 @@ def test_budget_misses_and_ladders_sections(tmp_path):
     tried = _rows(ladders, "| rung |")
     assert tried["int8"]["result"] == "failed" and "max_drop 1.00 points" in tried["int8"]["misses"]
     assert tried["int16x8"] == {"rung": "int16x8", "result": "passed", "misses": "—"}
-    assert md.rstrip().endswith("![Pareto](pareto.png)")
+    assert "## Accuracy against host latency\n\n![Pareto](pareto.png)" in md
 
 
 def test_classification_report(tmp_path):
@@ -225,3 +225,83 @@ def test_importing_the_module_does_not_import_matplotlib():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def crowded_doc() -> dict:
+    """Nine targets where labels fight for room: three at exactly the same latency
+    and mAP, pairs a hair apart, one far slower (a log axis) and one failing."""
+    def target(name, precision, latency, map50, size, budget="pass"):
+        return _target(name, "rpi4", "tflite", precision, size=size, gzip=size // 2,
+                       map50=map50, map50_95=map50 - 0.3, latency=latency, budget=budget,
+                       cosine=0.99, agreement=0.98)
+
+    targets = [target("rpi4", "int8", 0.34, 0.955, 329_000),
+               target("coral", "int8-io-int8", 0.34, 0.955, 329_000),
+               target("mcu", "int8-io-int8", 0.34, 0.955, 329_000),
+               target("x86", "int8", 0.33, 0.954, 343_000),
+               target("pixel", "fp16", 0.58, 0.955, 592_000),
+               target("jetson", "fp16", 0.581, 0.9551, 589_000),
+               target("server", "fp16", 0.61, 0.943, 589_000),
+               target("rpi4-sparse", "int8", 0.345, 0.922, 164_000),
+               target("slow", "float32", 9.5, 0.95, 1_200_000, budget="fail")]
+    return {"recipe": "crowded", "task": "detection", "metric": "map50",
+            "metric_label": "mAP@0.5", "host": HOST, "baseline": DETECTION_BASELINE,
+            "targets": targets}
+
+
+@pytest.mark.parametrize("make", [crowded_doc, detection_doc, classification_doc])
+def test_pareto_labels_overlap_no_marker_no_label_and_name_every_target(make):
+    """The placement, checked on its bounding boxes: no label covers another label, any
+    marker or the legend; targets at the same point share one label naming them all."""
+    from matplotlib.transforms import Bbox
+
+    doc = make()
+    fig = report_plot.draw(doc)
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_gid() == "label"]
+    label_boxes = [report_plot.label_box(t, renderer) for t in labels]
+    marker_boxes = []
+    for collection in ax.collections:
+        if collection.get_gid() != "marker":
+            continue
+        sizes = collection.get_sizes()
+        for i, (x, y) in enumerate(ax.transData.transform(collection.get_offsets())):
+            half = (sizes[i % len(sizes)] ** 0.5) / 2 * fig.dpi / 72
+            marker_boxes.append(Bbox([[x - half, y - half], [x + half, y + half]]))
+    legend = ax.get_legend().get_window_extent(renderer)
+
+    def overlap(a, b) -> bool:
+        return min(a.x1, b.x1) - max(a.x0, b.x0) > 0.5 and \
+            min(a.y1, b.y1) - max(a.y0, b.y0) > 0.5
+
+    for i, box in enumerate(label_boxes):
+        assert not overlap(box, legend), labels[i].get_text()
+        for other in label_boxes[i + 1:]:
+            assert not overlap(box, other), labels[i].get_text()
+        for marker in marker_boxes:
+            assert not overlap(box, marker), labels[i].get_text()
+    named = "\n".join(t.get_text() for t in labels)
+    plotted = [t for t in doc["targets"] if (t.get("metrics") or {}).get("map50" if
+               doc["metric"] == "map50" else doc["metric"]) is not None and t.get("latency")]
+    for t in plotted:
+        assert t["target"] in named, (t["target"], named)
+    if make is crowded_doc:  # targets at one point (as plotted): one marker, one label
+        assert len(marker_boxes) == len(plotted) - 3  # rpi4+coral+mcu, pixel+jetson
+        assert sorted(t.get_text().count("\n") for t in labels) == [0, 0, 0, 0, 1, 2]
+
+
+def test_report_notes_latency_noise_and_says_what_made_it():
+    doc = detection_doc()
+    doc["provenance"] = {"edgebuild": "0.1.0", "toolchain": {"tensorflow": "2.21.0"},
+                         "recipe_commit": "23db16ae0b0b1234"}
+    noisy = doc["targets"][0]
+    noisy["latency"] = {**noisy["latency"], "p90_ms": noisy["latency"]["median_ms"] * 4}
+    md = report.markdown(doc)
+    assert f"- {noisy['target']}: p90 " in md and "× the median" in md
+    assert "- edgebuild 0.1.0\n- toolchain: tensorflow 2.21.0\n- recipe at commit " \
+           "23db16ae0b0b\n- written 20" in md
+    quiet = report.markdown(detection_doc())
+    assert "× the median" not in quiet  # p90 at 1.1x the median: no timing is suspect
+    # A speed-up smaller than the spread of the runs is said to be none.
+    assert "is inside the run-to-run spread" in quiet

@@ -36,7 +36,7 @@ def report(project: Project, settings: Settings, built: BuildReport | None = Non
     return {"doc": doc, "paths": {k: str(v) for k, v in paths.items()}}
 
 
-PLOT_VERSION = 1  # bump when report_plot draws differently
+PLOT_VERSION = 2  # bump when report_plot draws differently
 
 
 def _plot(project: Project, doc: dict) -> bytes:
@@ -46,7 +46,8 @@ def _plot(project: Project, doc: dict) -> bytes:
     cache = project.cache
     from edgebuild.toolchains.versions import versions
 
-    key = key_of({"plot": PLOT_VERSION, "toolchain": versions(("matplotlib",)), "doc": doc})
+    drawn = {k: v for k, v in doc.items() if k != "provenance"}  # not on the plot
+    key = key_of({"plot": PLOT_VERSION, "toolchain": versions(("matplotlib",)), "doc": drawn})
     entry = cache.entry(key)
     if entry is not None and "png" in entry.outputs:
         try:
@@ -77,12 +78,59 @@ def report_doc(project: Project, built: BuildReport | None = None) -> dict:
             float_latency = float_latency or found["float_latency"]
             host = host or found["latency"]["host_cpu"]
         rows.append(row)
-    return {"recipe": recipe.name, "task": recipe.task, "metric": metric_key,
+    return {"recipe": recipe.name, "task": recipe.task, "plot_version": PLOT_VERSION,
+            "provenance": _provenance(project), "metric": metric_key,
             "metric_label": METRIC_LABELS[metric_key], "metric_labels": METRIC_LABELS,
             "host": {"cpu": host, "threads": 1, "note": "host latency, not device latency"},
             "baseline": {"metrics": baseline, "latency": float_latency and {
                 k: float_latency[k] for k in ("median_ms", "p90_ms")}},
             "targets": rows}
+
+
+def _provenance(project: Project) -> dict:
+    """What made these figures: edgebuild's and the toolchains' versions (as the steps
+    recorded them in their keys) and the commit the recipe was at, if in git."""
+    from edgebuild import __version__
+
+    toolchain: dict[str, str] = {}
+    for chain in project.graph.target_chains.values():
+        for node_id in chain:
+            entry = project.planner.entry_of(node_id)
+            if entry is not None:
+                toolchain.update(entry.doc.get("toolchain") or {})
+    return {"edgebuild": __version__, "toolchain": dict(sorted(toolchain.items())),
+            "recipe_commit": git_commit(project.recipe.path)}
+
+
+def git_commit(path) -> str | None:
+    """HEAD's commit of the git repository holding `path`, read from .git itself
+    (running git would cost every no-op build a process); None outside git."""
+    from pathlib import Path
+
+    for folder in Path(path).resolve().parents:
+        dot_git = folder / ".git"
+        if dot_git.is_file():  # a worktree or submodule: "gitdir: <path>"
+            dot_git = (folder / dot_git.read_text().split(":", 1)[1].strip()).resolve()
+        if not dot_git.is_dir():
+            continue
+        try:
+            head = (dot_git / "HEAD").read_text().strip()
+            if not head.startswith("ref: "):
+                return head
+            ref = head[5:]
+            common = dot_git / "commondir"
+            base = (dot_git / common.read_text().strip()).resolve() if common.exists() \
+                else dot_git
+            for root in (dot_git, base):
+                if (root / ref).is_file():
+                    return (root / ref).read_text().strip()
+            for line in (base / "packed-refs").read_text().splitlines():
+                if line.endswith(" " + ref):
+                    return line.split()[0]
+        except OSError:
+            return None
+        return None
+    return None
 
 
 def _row(project: Project, target: str, built: BuildReport | None) -> tuple[dict, dict]:
