@@ -1,9 +1,10 @@
 """Progress lines for people; `--json` replaces them with one document at the end.
 
-A step that reports counts (`ctx.progress(message, done, total)`) gets a bar that
-redraws in place on a terminal. In CI, in a log file, or while several steps run at
-once, a bar would garble the output, so counted progress becomes plain lines,
-throttled: a fine-tune that reports every batch must not write a line per batch.
+On a terminal, a build shows live bars (live_progress, drawn by rich): the build's
+N/M steps with an ETA, and one bar per running step. In CI or in a log file, bars
+would garble the output, so progress is plain lines, and counted progress
+(`ctx.progress(message, done, total)`) is throttled: a fine-tune that reports every
+batch must not write a line per batch.
 """
 
 from __future__ import annotations
@@ -85,15 +86,33 @@ class Console:
         self._started: dict[str, float] = {}  # node id -> start time, for steps in flight
         self._shown: dict[str, _Shown] = {}
         self._bar: tuple[str, str, float] | None = None  # (node id, text, drawn at) on screen
+        self._live = None  # LiveBars while a build runs steps on a terminal
 
     def say(self, message: str) -> None:
         with self._lock:
             self._line(message)
 
+    def steps_begin(self, total: int) -> None:
+        """`total` steps are about to run: on a terminal, the live bars start."""
+        if self.interactive and total:
+            from edgebuild.live_progress import LiveBars
+
+            with self._lock:
+                self._live = LiveBars(self.stream, total)
+
+    def steps_end(self) -> None:
+        with self._lock:
+            live, self._live = self._live, None
+        if live is not None:
+            live.stop()
+
     # Steps are keyed by node id: two targets may each run a "quantize.tflite[int8]".
     def step_started(self, node) -> None:
         with self._lock:
             self._started[node.id] = self._clock()
+            if self._live is not None:
+                self._live.started(node.id, _name(node))
+                return
             self._line(f"  run  {_name(node)}")
 
     def step_progress(self, node, message: str, done: int | None = None,
@@ -108,7 +127,9 @@ class Console:
         with self._lock:
             now = self._clock()
             elapsed = now - self._started.get(node.id, now)
-            if done is None:
+            if self._live is not None:
+                self._live.update(node.id, _name(node), message, done, total)
+            elif done is None:
                 self._line(f"       {_name(node)}: {message} [{elapsed:.0f}s]")
             elif self.interactive and len(self._started) <= 1:
                 self._draw_bar(node, message, done, total, elapsed, now)
@@ -124,17 +145,24 @@ class Console:
             self._shown.pop(node.id, None)
             mark = {"executed": "done", "deferred": "defer", "cached": "hit"}.get(status, status)
             self._line(f"  {mark:<4} {_name(node)}  {elapsed:.1f}s")
+            if self._live is not None:
+                self._live.finished(node.id)
 
     def step_failed(self, node, message: str) -> None:
         with self._lock:
             self._started.pop(node.id, None)
             self._shown.pop(node.id, None)
             self._line(f"  FAIL {_name(node)}: {message}")
+            if self._live is not None:
+                self._live.finished(node.id)
 
     # -- with the lock held ---------------------------------------------------------
 
     def _line(self, text: str) -> None:
         if self.quiet:
+            return
+        if self._live is not None:
+            self._live.line(text)
             return
         self._clear_bar()
         print(text, file=self.stream, flush=True)

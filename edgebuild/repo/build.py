@@ -135,11 +135,14 @@ def _run_stale(project: Project, executor, states: list[StepState], jobs: int,
     from edgebuild import engine  # doit is imported only when there is work
 
     console.say(f"{project.recipe.name}: {len(to_run)} of {len(states)} steps to run")
+    console.steps_begin(len(to_run))
     try:
         failures.update(engine.run(to_run, executor.is_built, executor.build, jobs))
     except KeyboardInterrupt:
         stop()  # no queued step starts; the steps in flight unwind first
         raise
+    finally:
+        console.steps_end()
 
 
 def _remote_summary(cache: Cache) -> dict | None:
