@@ -34,9 +34,10 @@ def render(doc: dict) -> str:
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
              .rstrip() for row in (header, *rows)]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines) + ("\nChanges are against the float model (+ better, − worse). "
-                               "Latency is host latency, not device latency; speed-up is "
-                               "against the float artifact of the same format, on this host.")
+    return "\n".join(lines) + (
+        "\nChanges, in points, are against the float model (+ better, − worse). Latency is "
+        "host latency, not device latency; speed-up is against the float artifact of the "
+        "same format, on this host.")
 
 
 def _metric_keys(targets: list[dict], primary: str | None) -> list[str]:

@@ -121,7 +121,8 @@ def _change(target: str, name: str, a, b) -> Change:
     if name.endswith("size"):
         relative = delta / a if a else float("inf")
         return Change(target, name, _show(name, a), _show(name, b),
-                      f"{relative * 100:+.1f}%", abs(relative) >= NOTABLE["size"])
+                      f"{relative * 100:+.1f}%".replace("-", "−"),
+                      abs(relative) >= NOTABLE["size"])
     kind = ("drop" if name.endswith(" drop") else "cosine" if name == "cosine"
             else "agreement" if name == "agreement" else "metric")
     shown = f"{delta:+.4f}" if kind == "cosine" else f"{delta * 100:+.2f} points"
