@@ -12,6 +12,7 @@ range of the others, as folding BatchNorm gives MobileNets (tests/cifar_cnn.py,
     coral    an integer-only device whose ladder [int8, int8-qat] must step down
     sparse   50% pruning, then sparsity-preserving QAT
     pcqat    50% pruning and 16 clusters, then sparsity- and cluster-preserving QAT
+    keep     QAT with the last layer kept in float (keep_float)
 
 Every figure is measured on the bundled .tflite with LiteRT, on 400 held-out images.
 """
@@ -45,6 +46,7 @@ targets:
   sparse: {{device: rpi4, prune: {{sparsity: 0.5, end_step: 19}}, quantize: {{qat: {{}}}}}}
   pcqat: {{device: rpi4, prune: {{sparsity: 0.5, end_step: 19}}, cluster: {{clusters: 16}},
           quantize: {{qat: {{}}}}}}
+  keep: {{device: rpi4, quantize: {{qat: {{}}, keep_float: {{layers: [dense_1]}}}}}}
 """
 
 
@@ -62,7 +64,7 @@ def built(tmp_path_factory):
     result = project.build()
     x_val = images[held_out].astype(np.float32) * np.float32(SCALE)
     accuracy = {}
-    for name in ("float", "int8", "qat", "coral", "sparse", "pcqat"):
+    for name in ("float", "int8", "qat", "coral", "sparse", "pcqat", "keep"):
         predicted = tflite_predictions(project.dist / "cifar" / name / "model.tflite", x_val)
         accuracy[name] = 100 * float(np.mean(predicted == labels[held_out]))
     print("top-1 on held-out images:", accuracy)
@@ -72,7 +74,7 @@ def built(tmp_path_factory):
 def test_qat_brings_the_int8_drop_within_half_a_point_or_halves_it(built):
     _, result, accuracy = built
     assert {name: t["status"] for name, t in result["targets"].items()} == {
-        **dict.fromkeys(("float", "int8", "qat", "sparse", "pcqat"), "ok"),
+        **dict.fromkeys(("float", "int8", "qat", "sparse", "pcqat", "keep"), "ok"),
         "coral": "deferred"}  # built and validated; the Edge TPU compiler is not here
     ptq_drop = accuracy["float"] - accuracy["int8"]
     qat_drop = accuracy["float"] - accuracy["qat"]
@@ -121,3 +123,20 @@ def test_prune_cluster_then_qat_keeps_zeros_and_shared_values(built):
     for name, layer in composition["layers"].items():
         assert layer["preserved"] and layer["int8"]["unique_per_channel"] <= 16, (name, layer)
         assert layer["int8"]["sparsity"] >= clustering["layers"][name]["sparsity"] - 1e-3
+
+
+def test_qat_keeps_the_named_layer_in_float(built):
+    """keep_float with qat: the layer is left out of fake quantization and of int8, so
+    its weights stay float32 in the flatbuffer; the rest is int8."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    project, _, accuracy = built
+    lock = json.loads((project.root / "cifar.lock").read_text())
+    facts = step_facts(lock, "keep", "quantize")
+    assert any("dense_1" in kept for kept in facts["kept_float"]), facts
+    interpreter = Interpreter(str(project.dist / "cifar" / "keep" / "model.tflite"))
+    weights = {d["name"]: d["dtype"] for d in interpreter.get_tensor_details()
+               if len(d["shape"]) == 2 and d["shape"][0] in (10, 64)}
+    assert any("dense_1" in name and dtype == np.float32 for name, dtype in weights.items())
+    assert any("dense/" in name and dtype == np.int8 for name, dtype in weights.items())
+    assert accuracy["keep"] >= accuracy["int8"]
