@@ -118,40 +118,37 @@ class Cache:
         if self.remote is None or (key in self._remote_misses and not fresh):
             return None
         self.wait_for_read_through()
-        self._read_through([key])
-        try:
-            return _parse_entry(json.loads(self._entry_path(key).read_bytes()))
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        return self._read_through([key]).get(key)
 
-    def _read_through(self, keys: list[str]) -> None:
+    def _read_through(self, keys: list[str]) -> dict[str, Entry]:
         """Bring these keys' remote entries here, as many at once as the remote allows:
         one round of entry requests, then one of checks for the blobs they name. An
-        entry whose blobs are not all here or there is a miss, built here instead."""
+        entry whose blobs are not all here or there is a miss, built here instead.
+        Returns the entries found."""
         if self.remote is None or not self.remote.usable or not keys:
-            return
-        entries = {}
+            return {}
+        found: dict[str, tuple[dict, Entry]] = {}
         for key, data in self.remote.get_entries(keys).items():
             with contextlib.suppress(ValueError, KeyError, TypeError):  # another version's
                 raw = json.loads(data)
-                if _parse_entry(raw).key == key:
-                    entries[key] = raw
-        elsewhere = {out["digest"]: None if out.get("tree") else out["size"]
-                     for raw in entries.values() for out in raw["outputs"].values()
-                     if not self.has_blob(out["digest"])}
+                entry = _parse_entry(raw)
+                if entry.key == key:
+                    found[key] = raw, entry
+        elsewhere = {o.digest: None if o.tree else o.size for _, entry in found.values()
+                     for o in entry.outputs.values() if not self.has_blob(o.digest)}
         present = self.remote.blobs_present(elsewhere)
-        found = [key for key, raw in entries.items() if all(
-            out["digest"] in present or self.has_blob(out["digest"])
-            for out in raw["outputs"].values())]
+        found = {key: hit for key, hit in found.items() if all(
+            o.digest in present or self.has_blob(o.digest) for o in hit[1].outputs.values())}
         self._remote_misses.update(set(keys) - set(found))
         self._remote_misses.difference_update(found)
         self.ensure()
 
         def keep(key: str) -> None:  # each write waits on its fsync: side by side
             atomic_write(self._entry_path(key),
-                         json.dumps({**entries[key], "origin": "remote"}).encode(),
+                         json.dumps({**found[key][0], "origin": "remote"}).encode(),
                          tmp_dir=self.tmp)
-        in_parallel(keep, found)
+        in_parallel(keep, list(found))
+        return {key: entry for key, (_, entry) in found.items()}
 
     def read_through_in_background(self, keys: list[str]) -> None:
         """`_read_through` on a thread while the caller plans (the storage library's

@@ -222,20 +222,22 @@ def cmd_build(args) -> int:
                   file=sys.stderr)
             written.append(None)
             unwritten = True
-    # The results table: the report's rows, also where no report is written (`build`).
-    results = [w["doc"] if w else repo.report_doc(p, r)
-               for p, r, w in zip(projects, reports, written, strict=True)]
+    def results(project, report, w) -> dict:
+        """The results table: the report's rows, also where none is written (`build`)."""
+        return w["doc"] if w else repo.report_doc(project, report)
+
     if args.json:
-        docs = [{**r.to_dict(), "results": doc["targets"], **({"report": w} if w else {})}
-                for r, w, doc in zip(reports, written, results, strict=True)]
+        docs = [{**r.to_dict(), "results": results(p, r, w)["targets"],
+                 **({"report": w} if w else {})}
+                for p, r, w in zip(projects, reports, written, strict=True)]
         print(json.dumps(docs[0] if len(docs) == 1 else {"recipes": docs}, indent=2))
     else:
-        for report, w, doc in zip(reports, written, results, strict=True):
+        for project, report, w in zip(projects, reports, written, strict=True):
             print_summary(report)
             if w:
                 print(f"  report: {w['paths']['md']}, {w['paths']['png']}")
             if not args.quiet:
-                print_results(doc)
+                print_results(results(project, report, w))
     return 1 if unwritten or any(r.failed for r in reports) else 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+from edgebuild.report_plot import size_text
+
 
 def print_summary(report) -> None:
     counts = report.counts()
@@ -51,7 +53,9 @@ def print_results(doc: dict) -> None:
 
 def print_devices(catalog: dict[str, dict]) -> None:
     """The device catalog as a table: what each profile builds, and for what."""
-    rows = [["device", "format", "runtime", "steps", "for"]]
+    from edgebuild.report import text_table
+
+    rows = []
     for name, profile in catalog.items():
         steps = "; ".join(_slot_text(slot, value)
                           for slot, value in profile.get("steps", {}).items())
@@ -61,12 +65,7 @@ def print_devices(catalog: dict[str, dict]) -> None:
             steps += f"; given data.train: {extra}"
         rows.append([name, profile["format"], profile["runtime"], steps,
                      profile["description"]])
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    for index, row in enumerate(rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-              + "  " + row[4])
-        if index == 0:
-            print("  ".join("-" * width for width in widths) + "  " + "-" * 3)
+    print("\n".join(text_table(["device", "format", "runtime", "steps", "for"], rows)))
 
 
 def _slot_text(slot: str, value) -> str:
@@ -109,8 +108,3 @@ def print_warnings(recipe) -> None:
     for warning in recipe.warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
-
-def size_text(n: int) -> str:
-    if n < 1000:
-        return f"{n} B"
-    return f"{n / 1e3:.1f} kB" if n < 1e6 else f"{n / 1e6:.1f} MB"

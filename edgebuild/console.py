@@ -111,9 +111,9 @@ class Console:
         with self._lock:
             self._started[node.id] = self._clock()
             if self._live is not None:
-                self._live.started(node.id, _name(node))
+                self._live.started(node.id, step_name(node))
                 return
-            self._line(f"  run  {_name(node)}")
+            self._line(f"  run  {step_name(node)}")
 
     def step_progress(self, node, message: str, done: int | None = None,
                       total: int | None = None) -> None:
@@ -128,14 +128,14 @@ class Console:
             now = self._clock()
             elapsed = now - self._started.get(node.id, now)
             if self._live is not None:
-                self._live.update(node.id, _name(node), message, done, total)
+                self._live.update(node.id, step_name(node), message, done, total)
             elif done is None:
-                self._line(f"       {_name(node)}: {message} [{elapsed:.0f}s]")
+                self._line(f"       {step_name(node)}: {message} [{elapsed:.0f}s]")
             elif self.interactive and len(self._started) <= 1:
                 self._draw_bar(node, message, done, total, elapsed, now)
             elif self._is_due(node.id, done, total, now):
                 self._shown[node.id] = _Shown(done, total, now)
-                self._line(f"       {_name(node)}: {message}  {_counts(done, total)} "
+                self._line(f"       {step_name(node)}: {message}  {_counts(done, total)} "
                            f"[{elapsed:.0f}s]")
 
     def step_finished(self, node, status: str) -> None:
@@ -144,7 +144,7 @@ class Console:
             elapsed = now - self._started.pop(node.id, now)
             self._shown.pop(node.id, None)
             mark = {"executed": "done", "deferred": "defer", "cached": "hit"}.get(status, status)
-            self._line(f"  {mark:<4} {_name(node)}  {elapsed:.1f}s")
+            self._line(f"  {mark:<4} {step_name(node)}  {elapsed:.1f}s")
             if self._live is not None:
                 self._live.finished(node.id)
 
@@ -152,7 +152,7 @@ class Console:
         with self._lock:
             self._started.pop(node.id, None)
             self._shown.pop(node.id, None)
-            self._line(f"  FAIL {_name(node)}: {message}")
+            self._line(f"  FAIL {step_name(node)}: {message}")
             if self._live is not None:
                 self._live.finished(node.id)
 
@@ -187,7 +187,7 @@ class Console:
         if room - len(tail) < 20:
             tail = f"  {counts}"
         # Cut from the right: the message goes before the step's name does.
-        text = _fit(f"  ...  {_name(node)}  {message}", room - len(tail)) + tail
+        text = _fit(f"  ...  {step_name(node)}  {message}", room - len(tail)) + tail
         pad = " " * max(0, min(len(last[1]), room) - len(text)) if last else ""
         self.stream.write("\r" + text + pad)
         self.stream.flush()
@@ -232,8 +232,10 @@ def _width(stream) -> int:
     return columns or shutil.get_terminal_size((100, 24)).columns  # a pty may say 0
 
 
-def _name(node) -> str:
-    """The step's label, with the targets it serves unless the label names them."""
-    if node.kind in ("bundle", "validate"):
+def step_name(node) -> str:
+    """A step as people read it (progress lines, graphs): its label, with the targets
+    it serves where the label does not name them, so that three quantize.tflite[int8]
+    steps are told apart."""
+    if node.kind in ("bundle", "validate") or not node.targets:
         return node.label
     return f"{node.label} ({', '.join(node.targets)})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgebuild.console import step_name
 from edgebuild.fsutil import canonical_json
 from edgebuild.hashing import sha256_bytes
 from edgebuild.steps import IMPLS, Impl
@@ -117,14 +118,6 @@ class Graph:
         return sub
 
 
-def display_label(node: Node) -> str:
-    """A node's label for people, with the targets it serves where the label does not
-    name them: three quantize.tflite[int8] steps are told apart by their targets."""
-    if node.kind in ("bundle", "validate") or not node.targets:
-        return node.label
-    return f"{node.label} ({', '.join(node.targets)})"
-
-
 def edges(graph: Graph) -> list[tuple[str, str]]:
     """(from, to) node ids, each once (a step may read two outputs of one node)."""
     return [(up, node.id) for node in graph.order() for up in dict.fromkeys(node.edges())]
@@ -133,7 +126,7 @@ def edges(graph: Graph) -> list[tuple[str, str]]:
 def to_mermaid(graph: Graph) -> str:
     lines = ["flowchart LR"]
     for node in graph.order():
-        lines.append(f'  {node.kind}_{node.id}["{display_label(node)}"]')
+        lines.append(f'  {node.kind}_{node.id}["{step_name(node)}"]')
     for up, down in edges(graph):
         lines.append(f"  {graph.nodes[up].kind}_{up} --> {graph.nodes[down].kind}_{down}")
     return "\n".join(lines) + "\n"
@@ -142,7 +135,7 @@ def to_mermaid(graph: Graph) -> str:
 def to_dot(graph: Graph) -> str:
     lines = ["digraph edgebuild {", "  rankdir=LR;", "  node [shape=box];"]
     for node in graph.order():
-        lines.append(f'  "{node.id}" [label="{display_label(node)}"];')
+        lines.append(f'  "{node.id}" [label="{step_name(node)}"];')
     for up, down in edges(graph):
         lines.append(f'  "{up}" -> "{down}";')
     lines.append("}")
@@ -151,6 +144,6 @@ def to_dot(graph: Graph) -> str:
 
 def to_json(graph: Graph) -> dict:
     return {"nodes": [{"id": node.id, "kind": node.kind, "step": node.impl_name,
-                       "label": display_label(node), "targets": list(node.targets)}
+                       "label": step_name(node), "targets": list(node.targets)}
                       for node in graph.order()],
             "edges": [{"from": up, "to": down} for up, down in edges(graph)]}

@@ -129,7 +129,7 @@ def _targets_table(doc: dict) -> list[str]:
     rows = [_target_row(t, doc.get("metric"), with_rung) for t in targets]
     if not rows:
         return ["No targets."]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def _target_row(t: dict, metric: str | None, with_rung: bool) -> list[str]:
@@ -160,7 +160,7 @@ def _misses_table(misses: list[dict]) -> list[str]:
     rows = [[m.get("budget"), m.get("metric"), *(_quantity(m.get(k), m.get("unit"))
                                                  for k in ("actual", "limit", "by"))]
             for m in misses]
-    return _table(["budget", "measure", "actual", "limit", "by"], rows)
+    return markdown_table(["budget", "measure", "actual", "limit", "by"], rows)
 
 
 def _slower_section(doc: dict) -> list[str]:
@@ -169,7 +169,7 @@ def _slower_section(doc: dict) -> list[str]:
     if not rows:
         return ["None: no artifact is slower than its float artifact on this host."]
     return [f"On this host ({HOST_STATEMENT.lower().rstrip('.')}):", "",
-            *_table(["target", "speed-up", "why"], rows)]
+            *markdown_table(["target", "speed-up", "why"], rows)]
 
 
 def _ladders_section(doc: dict) -> list[str]:
@@ -182,7 +182,7 @@ def _ladders_section(doc: dict) -> list[str]:
                  "; ".join(_miss_text(m) for m in step.get("misses") or []) or DASH]
                 for step in rung.get("tried") or []]
         lines += [f"### {t.get('target')}: chose {rung.get('chosen') or DASH}", "",
-                  *_table(["rung", "result", "misses"], rows), ""]
+                  *markdown_table(["rung", "result", "misses"], rows), ""]
     return lines[:-1] if lines else ["No target fell back along a ladder."]
 
 
@@ -192,12 +192,22 @@ def _miss_text(miss) -> str:
     return miss if isinstance(miss, str) else miss.get("text") or miss.get("budget") or ""
 
 
-def _table(header: list[str], rows: list[list]) -> list[str]:
+def markdown_table(header: list[str], rows: list[list]) -> list[str]:
     def line(cells) -> str:
         return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
     return [line(header), "|" + "|".join("---" for _ in header) + "|",
             *(line(row) for row in rows)]
+
+
+def text_table(header: list[str], rows: list[list]) -> list[str]:
+    """Columns aligned with spaces, a rule under the header: for terminals."""
+    cells = [[str(c) for c in row] for row in (header, *rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def _cell(value) -> str:

@@ -11,6 +11,7 @@ from edgebuild.report import (
     latency_text,
     percent,
     speedup_text,
+    text_table,
 )
 from edgebuild.report_plot import DASH
 from edgebuild.report_plot import size_text as size
@@ -30,11 +31,7 @@ def render(doc: dict) -> str:
              size(t.get("bytes")), *(_metric(t, key) for key in metric_keys),
              fidelity_text(t.get("fidelity")), latency_text(t.get("latency") or {}),
              speedup_text(t.get("speedup")), _verdict(t)] for t in targets]
-    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
-             .rstrip() for row in (header, *rows)]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines) + (
+    return "\n".join(text_table(header, rows)) + (
         "\nChanges, in points, are against the float model (+ better, − worse). Latency is "
         "host latency, not device latency; speed-up is against the float artifact of the "
         "same format, on this host.")

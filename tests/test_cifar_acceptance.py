@@ -138,15 +138,21 @@ def artifact_facts(lock: dict, target: str) -> dict:
     return next(s for s in steps if s["outputs"].get("model") == bundled).get("facts", {})
 
 
-def run_acceptance(root, seed: int = 0) -> dict:
-    """Train, build and measure in `root`; every figure the criteria need."""
+def prepare(root: Path, seed: int = 0, imbalance: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """train.npz and val.npz (the split above) and the trained cnn.keras in `root`;
+    returns the held-out images as the model takes them, and their labels."""
     with np.load(CIFAR) as archive:
         images, labels = archive["x"], archive["y"].astype(np.int64)
     train, held_out = split(labels, TRAIN_PER_CLASS)
     np.savez(root / "train.npz", x=images[train], y=labels[train])
     np.savez(root / "val.npz", x=images[held_out], y=labels[held_out])
-    x_val, y_val = images[held_out].astype(np.float32) * np.float32(SCALE), labels[held_out]
-    train_cnn(root, seed)
+    train_cnn(root, seed, imbalance)
+    return images[held_out].astype(np.float32) * np.float32(SCALE), labels[held_out]
+
+
+def run_acceptance(root, seed: int = 0) -> dict:
+    """Train, build and measure in `root`; every figure the criteria need."""
+    x_val, y_val = prepare(root, seed)
 
     (root / "cifar.yaml").write_text(RECIPE)
     project = Project(root, "cifar.yaml")

@@ -14,6 +14,7 @@ from pathlib import Path
 from edgebuild.errors import UsageError
 from edgebuild.lockfile import LOCK_VERSION, read_lock
 from edgebuild.metrics import METRIC_LABELS
+from edgebuild.report import markdown_table, text_table
 
 # A change at least this large is marked: it is what a reviewer should look at.
 NOTABLE = {"metric": 0.005, "drop": 0.005, "cosine": 0.005, "agreement": 0.01,
@@ -153,10 +154,7 @@ def text(doc: dict) -> str:
     rows = _rows(doc, mark="*")
     lines = [f"{doc['lock']} against {doc['against']}:"]
     if rows:
-        widths = [max(len(r[i]) for r in (HEADER, *rows)) for i in range(len(HEADER))]
-        for row in (HEADER, ["-" * w for w in widths], *rows):
-            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths,
-                                                                      strict=True)).rstrip())
+        lines += ["  " + line for line in text_table(HEADER, rows)]
         lines.append("  * a change beyond the marking threshold")
     else:
         lines.append("  no target changed")
@@ -170,9 +168,8 @@ def markdown(doc: dict) -> str:
     lines = [f"### edgebuild diff: `{doc['lock']}` against `{doc['against']}`", ""]
     rows = _rows(doc, mark="**")
     if rows:
-        lines += ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
-        lines += ["", "Bold: a change beyond the marking threshold (0.5 points, 5% of a size, "
+        lines += [*markdown_table(HEADER, rows), "",
+                  "Bold: a change beyond the marking threshold (0.5 points, 5% of a size, "
                   "0.005 cosine, or any change of precision or verdict)."]
     else:
         lines.append("No target changed.")

@@ -155,31 +155,47 @@ def _lock_record(project: Project, target: str, chain: list[str],
     record = {"device": device, "steps": steps}
     if ladder:
         record["fallback"] = {"chosen": ladder["chosen"], "reason": ladder["reason"]}
-    shipped = shipped_with(project, target, chain)
+    shipped = shipped_with(project, target)
     if shipped:
         record["shipped"] = shipped
     return record
 
 
-def shipped_with(project: Project, target: str, chain: list[str]) -> dict:
+def shipped_with(project: Project, target: str) -> dict:
     """What the target shipped with, for `edgebuild diff`: the model's size and what
     validation measured against float, rounded to what reads as a difference (0.01
     points, 4 decimals) so that the lock stays byte-identical across machines. Host
     latency is left out: it differs from run to run, and the lock must not."""
-    model = project.planner.entry_of(project.graph.nodes[chain[-1]].deps["model"][0])
     found = measured(project, target)
     shipped = {}
-    size = (model.meta.get("facts", {}).get("size") if model else None) or {}
+    size = artifact_size(project, target)
     if size:
         shipped["size"] = {k: size[k] for k in ("bytes", "gzip_bytes") if k in size}
     if found:
-        agreement = (found.get("agreement") or {}).get("value")
+        fidelity = fidelity_summary(found)
         shipped.update(
             metrics={k: _rounded(v) for k, v in (found.get("metrics") or {}).items()
                      if v is not None},
             drop={k: _rounded(v) for k, v in (found.get("drop") or {}).items()
                   if v is not None},
-            fidelity={"cosine": _rounded(min(f["cosine"] for f in found["fidelity"])),
-                      **({"agreement": _rounded(agreement)} if agreement is not None else {})},
+            fidelity={k: _rounded(fidelity[k]) for k in ("cosine", "agreement")
+                      if fidelity[k] is not None},
             verdict="pass" if found["passed"] else "fail")
     return shipped
+
+
+def artifact_size(project: Project, target: str) -> dict:
+    """The size facts (bytes, gzip_bytes) of the model a target's bundle holds."""
+    bundle = project.graph.nodes[project.graph.target_chains[target][-1]]
+    model = project.planner.entry_of(bundle.deps["model"][0])
+    return (model.meta.get("facts", {}).get("size") if model else None) or {}
+
+
+def fidelity_summary(found: dict) -> dict:
+    """A validation report's fidelity in one line: the worst output's cosine and SNR,
+    and the agreement with the float model's answers."""
+    snrs = [f["snr_db"] for f in found["fidelity"] if f["snr_db"] is not None]
+    agreement = found.get("agreement") or {}
+    return {"cosine": min(f["cosine"] for f in found["fidelity"]),
+            "snr_db": min(snrs) if snrs else None, "agreement": agreement.get("value"),
+            "agreement_label": agreement.get("label")}

@@ -10,7 +10,7 @@ import os
 from edgebuild.metrics import METRIC_LABELS, PRIMARY_METRIC
 from edgebuild.plan import gate_of, key_of, rejected
 from edgebuild.repo.build import BuildReport
-from edgebuild.repo.finish import measured
+from edgebuild.repo.finish import artifact_size, fidelity_summary, measured
 from edgebuild.repo.ladder import ladder_of
 from edgebuild.repo.project import Project
 from edgebuild.repo.settings import Settings
@@ -46,8 +46,9 @@ def _plot(project: Project, doc: dict) -> bytes:
     cache = project.cache
     from edgebuild.toolchains.versions import versions
 
-    drawn = {k: v for k, v in doc.items() if k != "provenance"}  # not on the plot
-    key = key_of({"plot": PLOT_VERSION, "toolchain": versions(("matplotlib",)), "doc": drawn})
+    # The doc names PLOT_VERSION; its provenance is not drawn.
+    drawn = {k: v for k, v in doc.items() if k != "provenance"}
+    key = key_of({"toolchain": versions(("matplotlib",)), "doc": drawn})
     entry = cache.entry(key)
     if entry is not None and "png" in entry.outputs:
         try:
@@ -137,8 +138,7 @@ def _row(project: Project, target: str, built: BuildReport | None) -> tuple[dict
     """A target's row, and what its validation measured ({} if nothing yet)."""
     graph, planner = project.graph, project.planner
     bundle = graph.nodes[graph.target_chains[target][-1]]
-    model_entry = planner.entry_of(bundle.deps["model"][0])
-    size = (model_entry.meta.get("facts", {}).get("size") or {}) if model_entry else {}
+    size = artifact_size(project, target)
     bundle_entry = planner.entry_of(bundle.id)
     archive = bundle_entry.outputs.get("archive") if bundle_entry else None
     spec = project.recipe.targets[target]
@@ -152,15 +152,8 @@ def _row(project: Project, target: str, built: BuildReport | None) -> tuple[dict
            "budget": {"status": "none", "misses": []}, "rung": None}
     found = measured(project, target)
     if found:
-        fidelity = found["fidelity"]
-        snrs = [f["snr_db"] for f in fidelity if f["snr_db"] is not None]
-        agreement = found["agreement"] or {}
         row.update(
-            metrics=found["metrics"], drop=found["drop"],
-            fidelity={"cosine": min(f["cosine"] for f in fidelity),
-                      "snr_db": min(snrs) if snrs else None,
-                      "agreement": agreement.get("value"),
-                      "agreement_label": agreement.get("label")},
+            metrics=found["metrics"], drop=found["drop"], fidelity=fidelity_summary(found),
             latency={k: found["latency"][k] for k in ("median_ms", "p90_ms", "runs",
                                                       "threads")},
             speedup=found["speedup"], slower=found.get("slower"),

@@ -211,13 +211,11 @@ def cluster(model, params: dict, tuning: FineTuning):
 
 def quantize_aware(model, tuning: FineTuning, keep_float: tuple[str, ...], after: list[str]):
     """tfmot's quantization-aware training, fine-tuned. Every layer its 8-bit registry
-    supports gets fake quantization, except those keep_float names (shell patterns);
-    after prune or cluster, the scheme that keeps their zeros and shared values
-    (tfmot.experimental.combine). Returns the model with its wrappers, for the TFLite
+    supports gets fake quantization, except those keep_float names (matched as the
+    plan matches them); after prune or cluster, the scheme that keeps their zeros and
+    shared values (tfmot.experimental.combine). Returns the model with its wrappers, for the TFLite
     converter, and the layers tfmot cannot wrap (the converter calibrates these on
     data.calibration instead)."""
-    import fnmatch
-
     import tensorflow_model_optimization as tfmot
     import tf_keras
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
@@ -231,7 +229,7 @@ def quantize_aware(model, tuning: FineTuning, keep_float: tuple[str, ...], after
     def annotate(layer):
         if isinstance(layer, tf_keras.layers.InputLayer):
             return layer.__class__.from_config(layer.get_config())
-        if any(fnmatch.fnmatchcase(layer.name, pattern) for pattern in keep_float):
+        if tfmot_layers.matches(described(layer), keep_float):  # as the plan judged it
             return layer
         # BatchNormalization has no rule of its own: tfmot's transforms fold it into the
         # convolution before it, which they only do for annotated layers.
