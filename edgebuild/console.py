@@ -152,14 +152,15 @@ class Console:
         with self._lock:
             self._started.pop(node.id, None)
             self._shown.pop(node.id, None)
-            self._line(f"  FAIL {step_name(node)}: {message}")
+            # Quiet silences progress, not why a step failed.
+            self._line(f"  FAIL {step_name(node)}: {message}", even_if_quiet=True)
             if self._live is not None:
                 self._live.finished(node.id)
 
     # -- with the lock held ---------------------------------------------------------
 
-    def _line(self, text: str) -> None:
-        if self.quiet:
+    def _line(self, text: str, even_if_quiet: bool = False) -> None:
+        if self.quiet and not even_if_quiet:
             return
         if self._live is not None:
             self._live.line(text)

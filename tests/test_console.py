@@ -1,5 +1,5 @@
 """Progress on the console: a bar redrawn in place on a terminal, throttled plain
-lines in CI and logs, silence when quiet, and the worker's "@progress" lines read
+lines in CI and logs, only failures when quiet, and the worker's "@progress" lines read
 back exactly as they were meant."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edgebuild.console import Console, format_progress, parse_progress
+from edgebuild.console import Console, format_progress, parse_progress, step_name
 from edgebuild.worker import StepContext
 
 pytestmark = pytest.mark.fast
@@ -198,7 +198,7 @@ def test_ci_and_dumb_terminals_get_plain_lines(terminal_env, monkeypatch, env):
 
 
 @pytest.mark.parametrize("stream_type", [io.StringIO, Terminal])
-def test_quiet_prints_nothing(terminal_env, stream_type):
+def test_quiet_prints_only_failures(terminal_env, stream_type):
     stream, node = stream_type(), Node("a")
     console = Console(quiet=True, stream=stream, clock=Clock())
     console.say("hello")
@@ -207,8 +207,9 @@ def test_quiet_prints_nothing(terminal_env, stream_type):
     for done in range(11):
         console.step_progress(node, "calibrating", done, 10)
     console.step_finished(node, "executed")
-    console.step_failed(node, "boom")
     assert stream.getvalue() == ""
+    console.step_failed(node, "boom")
+    assert stream.getvalue() == f"  FAIL {step_name(node)}: boom\n"
 
 
 @pytest.mark.parametrize("message, done, total", [

@@ -118,11 +118,30 @@ def test_an_emulated_amd_cpu_builds_the_same_bytes(bn_project, tmp_path):
     other = bn_project.copy(tmp_path / "other")
     python = _emulated_python(tmp_path / "venv", "EPYC-Rome")
     bn_project.build()
-    run = subprocess.run([str(python), "-m", "edgebuild", "all", str(other.recipe),
-                          *other.args("-q")], capture_output=True, text=True, cwd=other.root)
-    assert run.returncode == 0, run.stderr[-3000:]
+    for _attempt in range(3):
+        run = subprocess.run([str(python), "-m", "edgebuild", "all", str(other.recipe),
+                              *other.args("-q")], capture_output=True, text=True,
+                             cwd=other.root)
+        if run.returncode == 0 or not _emulator_crashed(run):
+            break
+    assert run.returncode == 0, _without_emulator_warnings(run.stdout + run.stderr)[-3000:]
     assert other.recipe.with_suffix(".lock").read_bytes() == \
         bn_project.recipe.with_suffix(".lock").read_bytes()
+
+
+def _emulator_crashed(run: subprocess.CompletedProcess) -> bool:
+    """qemu-user now and then dies of a signal in multithreaded code (seen here in the
+    TFLite converter, once in several builds): no verdict on the bytes. The build reports
+    a worker killed by a signal (or is killed itself), and the steps finished before stay
+    cached, so running it again under the emulator finishes it there."""
+    return run.returncode < 0 or "worker killed by SIG" in run.stdout + run.stderr
+
+
+def _without_emulator_warnings(stderr: str) -> str:
+    """QEMU warns once per process about every CPUID feature TCG cannot emulate; the
+    build's own message would drown under them."""
+    return "\n".join(line for line in stderr.splitlines()
+                     if not line.startswith("qemu-x86_64: warning: TCG doesn't support"))
 
 
 def _emulated_python(venv: Path, cpu: str) -> Path:
