@@ -274,6 +274,9 @@ class TargetRules(ProblemLog):
     def _qat_problem(self, quantize: QuantizeParams, fmt: str) -> str | None:
         """Why quantization-aware training cannot run here, if it cannot."""
         if fmt != "tflite":
+            # tf2onnx turns tfmot's fake quantization into QDQ on activations only (the
+            # weights become float constants), and those ranges are asymmetric, which
+            # TensorRT does not run: an ONNX model would not be the int8 that trained.
             return ("quantization-aware training makes TFLite int8 models; ONNX targets are "
                     "quantized after training by ONNX Runtime (drop qat, or use format: tflite)")
         if quantize.mode != "int8":
