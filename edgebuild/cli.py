@@ -222,12 +222,8 @@ def cmd_build(args) -> int:
                   file=sys.stderr)
             written.append(None)
             unwritten = True
-    def results(project, report, w) -> dict:
-        """The results table: the report's rows, also where none is written (`build`)."""
-        return w["doc"] if w else repo.report_doc(project, report)
-
     if args.json:
-        docs = [{**r.to_dict(), "results": results(p, r, w)["targets"],
+        docs = [{**r.to_dict(), "results": _results(p, r, w)["targets"],
                  **({"report": w} if w else {})}
                 for p, r, w in zip(projects, reports, written, strict=True)]
         print(json.dumps(docs[0] if len(docs) == 1 else {"recipes": docs}, indent=2))
@@ -237,8 +233,16 @@ def cmd_build(args) -> int:
             if w:
                 print(f"  report: {w['paths']['md']}, {w['paths']['png']}")
             if not args.quiet:
-                print_results(results(project, report, w))
+                print_results(_results(project, report, w))
     return 1 if unwritten or any(r.failed for r in reports) else 0
+
+
+def _results(project, report, written: dict | None) -> dict:
+    """The results table's doc: the report's, or, where none is written (`build`), the
+    same rows made for it."""
+    from edgebuild import repo
+
+    return written["doc"] if written else repo.report_doc(project, report)
 
 
 def cmd_plan(args) -> int:

@@ -22,7 +22,7 @@ def render(doc: dict) -> str:
     targets = doc.get("targets") or []
     if not targets:
         return ""
-    labels = {**doc.get("metric_labels", {})}
+    labels = doc.get("metric_labels", {})
     metric_keys = _metric_keys(targets, doc.get("metric"))
     header = ["target", "chain", "download", "model",
               *(labels.get(key, key) for key in metric_keys), "fidelity",

@@ -15,6 +15,7 @@ from edgebuild.errors import UsageError
 from edgebuild.lockfile import LOCK_VERSION, read_lock
 from edgebuild.metrics import METRIC_LABELS
 from edgebuild.report import markdown_table, text_table
+from edgebuild.report_plot import size_text
 
 # A change at least this large is marked: it is what a reviewer should look at.
 NOTABLE = {"metric": 0.005, "drop": 0.005, "cosine": 0.005, "agreement": 0.01,
@@ -137,7 +138,7 @@ def _show(name: str, value) -> str:
     if isinstance(value, str):
         return value
     if name.endswith("size"):
-        return f"{value / 1e3:.1f} kB"
+        return size_text(value)
     if name == "cosine":
         return f"{value:.4f}"
     if name.endswith(" drop"):

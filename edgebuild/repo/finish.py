@@ -127,10 +127,6 @@ def measured(project: Project, target: str) -> dict:
     return json.loads(project.cache.read_blob(entry.outputs["report"].digest))
 
 
-def _rounded(value: float) -> float:
-    return round(value, 4) + 0.0  # + 0.0: no -0.0 in the lock
-
-
 def deferred_steps(project: Project, chain: list[str]) -> dict[str, str]:
     """Steps of a chain that left their work to the device: impl name -> why."""
     found = {}
@@ -182,6 +178,10 @@ def shipped_with(project: Project, target: str) -> dict:
                       if fidelity[k] is not None},
             verdict="pass" if found["passed"] else "fail")
     return shipped
+
+
+def _rounded(value: float) -> float:
+    return round(value, 4) + 0.0  # + 0.0: no -0.0 in the lock
 
 
 def artifact_size(project: Project, target: str) -> dict:

@@ -52,7 +52,8 @@ def _trained_for_int8(ctx: StepContext):
     fine-tuned on data.train; the TFLite converter of the result, and what was done.
     tfmot folds BatchNorm into the layer before it itself, while training. Fake
     quantization computes in float32 only, so unlike prune and cluster this fine-tuning
-    is not done in float64: its bytes may differ between CPU models."""
+    is not done in float64: its bytes differ between CPU models (an emulated AMD EPYC
+    gave another .tflite than an Intel Xeon; README, Guarantees)."""
     from edgebuild.steps.prune_cluster import start_fine_tuning
     from edgebuild.toolchains import tfmot
     from edgebuild.toolchains.tf import tflite_converter_of
@@ -61,8 +62,7 @@ def _trained_for_int8(ctx: StepContext):
     model, tuning = start_fine_tuning(ctx, "quantization-aware training", qat["epochs"],
                                       qat["learning_rate"])
     trained, unwrapped = tfmot.quantize_aware(
-        model, tuning, tuple(params["keep_float"]["layers"]),
-        params["after"])
+        model, tuning, tuple(params["keep_float"]["layers"]), params["after"])
     facts = {"epochs": tuning.epochs, "samples": len(tuning.x)}
     if unwrapped:  # the converter calibrates these after training instead
         facts["not_trained_quantized"] = unwrapped
